@@ -1,0 +1,98 @@
+# yolo-v7 — every workflow is a make target; `make` alone lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+export PYTHONUNBUFFERED := 1
+
+VERSION ?= 1.0.0
+IMAGE ?= yolo-v7
+OPERATOR_IMAGE ?= yolo-v7-operator
+REGISTRY ?= quay.io
+REPO ?= yolo-v7
+WEIGHTS ?= yolov7
+PORT ?= 8080
+RELEASE ?= yolo-v7
+NAMESPACE ?= yolo-v7-system
+KUBE_CACHE ?= $(HOME)/.cache/yolo-v7/kube
+
+STAMP := $(VENV)/.installed
+
+.PHONY: help install dev test test-unit test-service test-cluster test-e2e test-browser lint bench \
+        weights build push deploy undeploy kube-bins browser-deps clean
+
+help: ## Show this list of targets
+	@grep -hE '^[a-z][a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-14s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml constraints.txt
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (Python 3.11 is required)"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -c constraints.txt torch==2.14.1 torchvision==0.29.1
+	$(PIP) install -q -c constraints.txt -e '.[all,dev]'
+	touch $(STAMP)
+
+install: $(STAMP) ## Create .venv with the pinned dependencies (torch 2.14.1, kserve, kopf, ...)
+
+dev: $(STAMP) ## Run the predictor on the CPU with the demo page at http://127.0.0.1:$(PORT)/ (fetches yolov7.pt first)
+	$(MAKE) --no-print-directory weights WEIGHTS=$(WEIGHTS)
+	$(PY) -m predictor --model_name yolov7 --weights weights/$(WEIGHTS).pt --device cpu --http_port $(PORT) --demo
+
+weights: $(STAMP) ## Fetch official weights (WEIGHTS=yolov7|yolov7-tiny|...|all) into weights/, sha256-checked
+	$(PY) -m weights.fetch $(WEIGHTS)
+
+kube-bins: ## Build (once, cached in ~/.cache/yolo-v7/kube) etcd + kube-apiserver + kube-controller-manager v1.20.2
+	bash hack/kube/build.sh $(KUBE_CACHE)
+
+browser-deps: ## Install Debian's chromium for the browser tests (needs root or sudo)
+	bash hack/browser-deps.sh
+
+test: $(STAMP) kube-bins browser-deps ## Run the whole test suite (unit, service, cluster, e2e, browser)
+	$(PY) -m pytest tests -q
+
+test-unit: $(STAMP) ## Run the unit tests only (no servers)
+	$(PY) -m pytest tests/unit -q
+
+test-service: $(STAMP) ## Run the predictor service tests (real ModelServer, HTTP + gRPC)
+	$(PY) -m pytest tests/service -q
+
+test-cluster: $(STAMP) kube-bins ## Run operator and chart tests against a local kube-apiserver
+	$(PY) -m pytest tests/cluster -q
+
+test-e2e: $(STAMP) kube-bins ## Run the end-to-end test (kubectl apply -> real inference answer)
+	$(PY) -m pytest tests/e2e -q
+
+test-browser: $(STAMP) browser-deps ## Run the demo page test in headless Chromium
+	$(PY) -m pytest tests/browser -q
+
+lint: $(STAMP) ## ruff, hadolint on the Dockerfile, helm lint --strict on the chart
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/hadolint Dockerfile
+	$(PY) -m tests.tools.helm lint --strict charts/yolo-v7
+
+bench: $(STAMP) ## Run the benchmarks; JSON results in bench-results/
+	mkdir -p bench-results
+	$(PY) -m tests.bench.run --out bench-results
+
+build: ## Build the predictor image yolo-v7:$(VERSION) (weights baked in) and the operator image
+	$(MAKE) --no-print-directory weights WEIGHTS=$(WEIGHTS)
+	docker build --target predictor --build-arg WEIGHTS=$(WEIGHTS) -t $(IMAGE):$(VERSION) .
+	docker build --target operator -t $(OPERATOR_IMAGE):$(VERSION) .
+
+push: ## Tag and push both images to $(REGISTRY)/$(REPO)
+	docker tag $(IMAGE):$(VERSION) $(REGISTRY)/$(REPO)/$(IMAGE):$(VERSION)
+	docker push $(REGISTRY)/$(REPO)/$(IMAGE):$(VERSION)
+	docker tag $(OPERATOR_IMAGE):$(VERSION) $(REGISTRY)/$(REPO)/$(OPERATOR_IMAGE):$(VERSION)
+	docker push $(REGISTRY)/$(REPO)/$(OPERATOR_IMAGE):$(VERSION)
+
+deploy: $(STAMP) ## helm upgrade --install the operator chart into $(NAMESPACE)
+	$(PY) -m tests.tools.helm upgrade --install $(RELEASE) charts/yolo-v7 --namespace $(NAMESPACE) --create-namespace
+
+undeploy: $(STAMP) ## helm uninstall the operator chart
+	$(PY) -m tests.tools.helm uninstall $(RELEASE) --namespace $(NAMESPACE)
+
+clean: ## Remove the virtualenv and caches (keeps ~/.cache/yolo-v7)
+	rm -rf $(VENV) .pytest_cache .ruff_cache bench-results

@@ -1,0 +1,36 @@
+"""Shared pytest fixtures: where the reference fixtures live, and a clear skip when they are absent."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def fixtures_root() -> Path:
+    """`YOLO_FIXTURES`, defaulting to ../shared/fixtures beside the checkout."""
+    return Path(os.environ.get("YOLO_FIXTURES", REPO_ROOT.parent / "shared" / "fixtures")).resolve()
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    root = fixtures_root()
+    if not (root / "yolov7" / "architectures.json").is_file():
+        pytest.skip(
+            f"reference fixtures not found at {root} (set YOLO_FIXTURES to the shared/fixtures folder; "
+            "a user's fresh clone does not have them)"
+        )
+    return root
+
+
+@pytest.fixture(scope="session")
+def yolo_fixtures(fixtures_dir: Path) -> Path:
+    return fixtures_dir / "yolov7"
+
+
+@pytest.fixture(scope="session")
+def kserve_fixtures(fixtures_dir: Path) -> Path:
+    return fixtures_dir / "kserve"
