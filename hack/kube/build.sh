@@ -102,9 +102,11 @@ if [[ ! -f $SRC/.unpacked ]]; then
   lists_ready || { log "apt-get update (private state, $MIRROR)"; apt_private update >/dev/null; }
   log "fetching kubernetes source $KUBE_SRC_VERSION (~30 MB)"
   rm -rf "$WORK/src-dl" && mkdir -p "$WORK/src-dl"
-  (cd "$WORK/src-dl" && apt_private source --download-only "kubernetes=$KUBE_SRC_VERSION" >/dev/null 2>"$WORK/src-dl/apt.log") \
+  (cd "$WORK/src-dl" && apt_private source --download-only kubernetes >/dev/null 2>"$WORK/src-dl/apt.log") \
     || { cat "$WORK/src-dl/apt.log" >&2; die "apt-get source kubernetes failed"; }
   log "unpacking source"
+  compgen -G "$WORK/src-dl/kubernetes_${KUBE_SRC_VERSION}*.dsc" >/dev/null \
+    || die "the mirror's kubernetes source is not $KUBE_SRC_VERSION: $(ls "$WORK/src-dl")"
   rm -rf "$SRC"
   (cd "$WORK/src-dl" && dpkg-source --no-check -x ./*.dsc "$SRC" >/dev/null)
   touch "$SRC/.unpacked"

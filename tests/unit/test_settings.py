@@ -1,0 +1,68 @@
+"""Settings: flags, env vars, defaults and bounds round-trip (the operator relies on to_args)."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from predictor.settings import OPTIONS, PredictorSettings, SettingsError, parse_args
+
+
+def test_to_args_round_trips_every_option():
+    custom = PredictorSettings(
+        weights="/models/x.pt", variant="yolov7-tiny", device="cuda:1", precision="fp16", accel="cudagraph",
+        input_size=1280, conf_threshold=0.4, iou_threshold=0.6, max_detections=50, classes=("0", "person"),
+        max_batch_size=32, max_batch_delay_ms=2.5, max_request_bytes=4096, max_image_pixels=1000,
+        max_images_per_request=4, warmup=False, demo=True,
+    )
+    args = custom.to_args()
+    assert len(args) == len(OPTIONS)
+    assert parse_args(args) == custom
+
+
+def test_only_changed_renders_differences():
+    assert PredictorSettings(conf_threshold=0.5).to_args(only_changed=True) == ["--conf_threshold=0.5"]
+    assert PredictorSettings().to_args(only_changed=True) == []
+
+
+def test_precedence_flag_over_env_over_default():
+    env = {"YOLO_CONF_THRESHOLD": "0.3", "YOLO_MAX_BATCH_SIZE": "16"}
+    settings = parse_args(["--conf_threshold", "0.7"], environ=env)
+    assert settings.conf_threshold == 0.7
+    assert settings.max_batch_size == 16
+    assert settings.iou_threshold == PredictorSettings().iou_threshold
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["--conf_threshold=1.5"], "--conf_threshold must be <= 1.0"),
+        (["--iou_threshold=-0.1"], "--iou_threshold must be >= 0.0"),
+        (["--max_batch_size=0"], "--max_batch_size must be >= 1"),
+        (["--input_size=500"], "multiple of 32"),
+        (["--variant=yolov9"], "--variant must be one of"),
+        (["--device=tpu"], "--device must be"),
+        (["--max_batch_size=many"], "--max_batch_size: invalid literal"),
+        (["--warmup=perhaps"], "not a boolean"),
+    ],
+)
+def test_bad_values_name_the_option(argv, fragment):
+    with pytest.raises(SettingsError, match=None) as info:
+        parse_args(argv)
+    assert fragment in str(info.value)
+
+
+def test_env_errors_name_the_variable():
+    with pytest.raises(SettingsError, match="YOLO_MAX_DETECTIONS"):
+        parse_args([], environ={"YOLO_MAX_DETECTIONS": "lots"})
+
+
+def test_extends_an_existing_parser_without_clashing():
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--model_name", default="model")
+    parser = argparse.ArgumentParser(parents=[parent])
+    PredictorSettings.add_arguments(parser)
+    namespace = parser.parse_args(["--model_name", "m", "--classes", "1, 2,person"])
+    assert namespace.model_name == "m"
+    assert PredictorSettings.from_sources(namespace, environ={}).classes == ("1", "2", "person")
