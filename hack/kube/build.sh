@@ -48,9 +48,9 @@ apt_install() {
     die "missing tools; run as root (or with passwordless sudo), or install them first: apt-get install -y $*"
   fi
   log "apt-get install $*"
-  "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@" >/dev/null \
-    || { "${SUDO[@]}" apt-get update -q >/dev/null && \
-         "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@" >/dev/null; } \
+  "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends "$@" >/dev/null \
+    || { "${SUDO[@]}" apt-get -o DPkg::Lock::Timeout=300 update -q >/dev/null && \
+         "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -q --no-install-recommends "$@" >/dev/null; } \
     || die "apt-get install $* failed"
 }
 
@@ -138,9 +138,12 @@ if [[ ! -s $OPENAPI ]]; then
   log "building openapi-gen"
   nice go build -o "$GOPATH/bin/openapi-gen" ./vendor/k8s.io/kube-openapi/cmd/openapi-gen
   log "collecting packages tagged +k8s:openapi-gen="
-  pkgs=$(grep -rl --include=doc.go -E '^// *\+k8s:openapi-gen=' pkg staging/src vendor/k8s.io 2>/dev/null \
-    | xargs -n1 dirname | sort -u \
-    | sed -e 's#^staging/src/##' -e 's#^vendor/##' -e 's#^pkg/#k8s.io/kubernetes/pkg/#' \
+  # as upstream's build/root/Makefile.generated_files (KUBE_OPENAPI_TAG_FILES): every Go file carrying a
+  # '// +k8s:' tag, in every package but code-generator's examples and sample-apiserver
+  pkgs=$(grep -rl --include='*.go' -E '^// *\+k8s:' pkg cmd plugin staging/src 2>/dev/null \
+    | xargs grep -l '+k8s:openapi-gen=' | xargs -n1 dirname | sort -u \
+    | grep -v -e '^staging/src/k8s.io/code-generator/' -e '^staging/src/k8s.io/sample-apiserver/' \
+    | sed -e 's#^staging/src/##' -e 's#^\(pkg\|cmd\|plugin\)/#k8s.io/kubernetes/\1/#' \
     | sort -u | paste -sd, -)
   [[ -n $pkgs ]] || die "no packages tagged +k8s:openapi-gen= found"
   log "running openapi-gen over $(tr ',' '\n' <<<"$pkgs" | wc -l) packages"
@@ -160,7 +163,8 @@ fi
 
 # --- 6. build --------------------------------------------------------------------------------------------
 LDFLAGS="-s -w"
-for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+# GOPATH mode: the vendored packages link as k8s.io/kubernetes/vendor/...
+for p in k8s.io/kubernetes/vendor/k8s.io/component-base/version k8s.io/kubernetes/vendor/k8s.io/client-go/pkg/version; do
   LDFLAGS+=" -X $p.gitVersion=$KUBE_VERSION -X $p.gitMajor=1 -X $p.gitMinor=20"
   LDFLAGS+=" -X $p.gitTreeState=clean -X $p.buildDate=2021-01-13T13:20:00Z"
 done

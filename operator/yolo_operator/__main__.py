@@ -1,0 +1,61 @@
+"""``yolo-v7-operator`` / ``python -m yolo_operator``: run the operator.
+
+Namespaces: ``--namespace`` (repeatable) or ``YOLO_OPERATOR_NAMESPACES`` (comma list); neither, or
+``--all-namespaces``, watches the whole cluster. Liveness: ``--liveness`` (default
+``http://0.0.0.0:8080/healthz``, env ``YOLO_OPERATOR_LIVENESS``). Other settings: see ``config.OperatorConfig``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+from collections.abc import Sequence
+
+import kopf
+
+from . import handlers
+from .config import OperatorConfig
+
+
+def parse_args(argv: Sequence[str] | None, config: OperatorConfig) -> tuple[argparse.Namespace, OperatorConfig]:
+    parser = argparse.ArgumentParser(
+        prog="yolo-v7-operator",
+        description="Run the yolo-v7 operator: YoloDetector resources -> KServe InferenceServices.")
+    parser.add_argument("-n", "--namespace", action="append", default=[],
+                        help="watch this namespace (repeatable; default: $YOLO_OPERATOR_NAMESPACES or all)")
+    parser.add_argument("-A", "--all-namespaces", action="store_true", help="watch the whole cluster")
+    parser.add_argument("--liveness", default=config.liveness, help="kopf liveness endpoint URL ('' disables)")
+    parser.add_argument("--resync-seconds", type=float, default=config.resync_seconds,
+                        help="re-check every detector this often, besides watching (default %(default)s)")
+    parser.add_argument("--peering", default="",
+                        help="kopf peering object for several replicas (default: standalone, one replica)")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("--debug", action="store_true")
+    args = parser.parse_args(argv)
+    namespaces = () if args.all_namespaces else (tuple(args.namespace) or config.namespaces)
+    config = dataclasses.replace(config, namespaces=namespaces, liveness=args.liveness,
+                                 resync_seconds=args.resync_seconds)
+    return args, config
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args, config = parse_args(argv, OperatorConfig.from_env())
+    kopf.configure(verbose=args.verbose, debug=args.debug)
+    logging.getLogger("kubernetes").setLevel(logging.WARNING)
+    logging.getLogger("urllib3").setLevel(logging.WARNING)
+    registry = handlers.register(kopf.OperatorRegistry(), config)
+    kopf.run(
+        registry=registry,
+        memo=kopf.Memo(config=config),
+        standalone=not args.peering,
+        peering_name=args.peering or None,
+        clusterwide=not config.namespaces,
+        namespaces=config.namespaces,
+        liveness_endpoint=config.liveness or None,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

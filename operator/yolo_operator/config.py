@@ -1,0 +1,98 @@
+"""Operator configuration: constants shared with the image and the chart, and settings read from the environment.
+
+Nothing here reads the environment at import time: ``OperatorConfig.from_env()`` does, when the operator starts.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+# ----- the YoloDetector resource ----------------------------------------------------------------------
+GROUP = "detection.yolo-v7.io"
+VERSION = "v1alpha1"
+PLURAL = "yolodetectors"
+KIND = "YoloDetector"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+# ----- KServe's InferenceService -------------------------------------------------------------------
+ISVC_GROUP = "serving.kserve.io"
+ISVC_VERSION = "v1beta1"
+ISVC_PLURAL = "inferenceservices"
+ISVC_KIND = "InferenceService"
+ISVC_API_VERSION = f"{ISVC_GROUP}/{ISVC_VERSION}"
+DEPLOYMENT_MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
+DEPLOYMENT_MODES: tuple[str, ...] = ("RawDeployment", "Standard", "Serverless", "Knative")
+SERVERLESS_MODES: frozenset[str] = frozenset({"Serverless", "Knative"})
+
+# ----- labels the operator puts on what it makes (and finds it again by) ---------------------------
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+MANAGED_BY = "yolo-v7-operator"
+DETECTOR_LABEL = f"{GROUP}/detector"
+VARIANT_LABEL = f"{GROUP}/variant"
+# Where kopf keeps its own bookkeeping on YoloDetectors (annotations, not status: the CRD prunes status).
+KOPF_ANNOTATION_PREFIX = GROUP
+
+# ----- the predictor image ------------------------------------------------------------------------
+DEFAULT_IMAGE = "quay.io/yolo-v7/yolo-v7:1.0.0"
+# Agreed with the Dockerfile: the predictor image bakes release weights in at this path.
+# `make build WEIGHTS=yolov7` bakes /opt/yolo-v7/weights/yolov7.pt from the v0.1 release.
+BAKED_WEIGHTS_DIR = "/opt/yolo-v7/weights"
+BAKED_WEIGHTS_PATH = BAKED_WEIGHTS_DIR + "/{variant}.pt"
+BAKED_RELEASE = "v0.1"
+DEFAULT_BAKED_VARIANTS: tuple[str, ...] = ("yolov7",)
+DEFAULT_VARIANT = "yolov7"
+DEFAULT_RELEASE = "v0.1"
+# Release weights that are not in the image are downloaded by KServe's storage initializer from here
+# (`<base>/<version>/<variant>.pt`); point it at a mirror for air-gapped clusters.
+DEFAULT_RELEASE_BASE_URL = "https://github.com/WongKinYiu/yolov7/releases/download"
+# KServe mounts a storageUri's content here (and sets no other path).
+MODEL_MOUNT_PATH = "/mnt/models"
+
+CONTAINER_NAME = "kserve-container"
+HTTP_PORT = 8080
+GRPC_PORT = 8081
+DEFAULT_GPU_RESOURCE = "nvidia.com/gpu"
+
+ENV_PREFIX = "YOLO_OPERATOR_"
+
+
+def _split(text: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    """What the cluster administrator configures (Helm values → environment of the operator pod)."""
+
+    image: str = DEFAULT_IMAGE
+    image_pull_policy: str = ""
+    baked_variants: tuple[str, ...] = DEFAULT_BAKED_VARIANTS
+    baked_release: str = BAKED_RELEASE
+    release_base_url: str = DEFAULT_RELEASE_BASE_URL
+    namespaces: tuple[str, ...] = field(default_factory=tuple)  # empty = cluster-wide
+    resync_seconds: float = 60.0
+    liveness: str = "http://0.0.0.0:8080/healthz"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorConfig:
+        """``YOLO_OPERATOR_IMAGE``, ``_IMAGE_PULL_POLICY``, ``_BAKED_VARIANTS`` (comma list), ``_BAKED_RELEASE``,
+        ``_RELEASE_BASE_URL``, ``_NAMESPACES`` (comma list; empty = all), ``_RESYNC_SECONDS``, ``_LIVENESS``."""
+        env = os.environ if environ is None else environ
+        default = cls()
+
+        def get(key: str, fallback: str) -> str:
+            return env.get(ENV_PREFIX + key, "").strip() or fallback
+
+        baked = env.get(ENV_PREFIX + "BAKED_VARIANTS")
+        return cls(
+            image=get("IMAGE", default.image),
+            image_pull_policy=get("IMAGE_PULL_POLICY", default.image_pull_policy),
+            baked_variants=default.baked_variants if baked is None else _split(baked),
+            baked_release=get("BAKED_RELEASE", default.baked_release),
+            release_base_url=get("RELEASE_BASE_URL", default.release_base_url).rstrip("/"),
+            namespaces=_split(env.get(ENV_PREFIX + "NAMESPACES", "")),
+            resync_seconds=float(get("RESYNC_SECONDS", str(default.resync_seconds))),
+            liveness=get("LIVENESS", default.liveness),
+        )

@@ -1,0 +1,193 @@
+"""Thin kopf handlers: validate → build → adopt → create or patch (only when it differs) → status.
+
+Every entry point (a YoloDetector's create / update / resume / resync timer, or any event of an
+InferenceService this operator made) runs the same idempotent ``reconcile``. Handlers are attached to a
+registry by ``register()`` when the operator starts; importing this module does nothing.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from . import config as c
+from . import manifests, validation
+from .config import OperatorConfig
+from .kube import Kube, api_client
+
+VALID, READY = "Valid", "Ready"
+
+
+# ----- status ---------------------------------------------------------------------------------------
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def condition(kind: str, status: str, reason: str, message: str, previous: list[Mapping[str, Any]]) -> dict[str, Any]:
+    """A condition; keeps the previous lastTransitionTime when its status did not change."""
+    before = next((cond for cond in previous if cond.get("type") == kind), None)
+    since = before.get("lastTransitionTime") if before and before.get("status") == status else None
+    out = {"type": kind, "status": status, "reason": reason, "lastTransitionTime": since or _now()}
+    if message:  # an empty string does not survive the trip (the API server stores it as null, then rejects it)
+        out["message"] = message
+    return out
+
+
+def ready_condition(isvc: Mapping[str, Any] | None, previous: list[Mapping[str, Any]]) -> dict[str, Any]:
+    """Ready mirrors the InferenceService's own Ready condition (set by KServe's controller)."""
+    if isvc is None:
+        return condition(READY, "False", "InferenceServiceMissing", "the InferenceService does not exist (yet)",
+                         previous)
+    conditions = (isvc.get("status") or {}).get("conditions") or []
+    theirs = next((cond for cond in conditions if cond.get("type") == "Ready"), None)
+    if theirs is None:
+        return condition(READY, "Unknown", "Pending", "waiting for KServe to report the InferenceService's "
+                                                      "Ready condition", previous)
+    status = theirs.get("status") or "Unknown"
+    default_reason = "InferenceServiceReady" if status == "True" else "InferenceServiceNotReady"
+    return condition(READY, status, theirs.get("reason") or default_reason, theirs.get("message") or "", previous)
+
+
+def _comparable(status: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(status)
+    out["conditions"] = [{k: v for k, v in cond.items() if k != "lastTransitionTime"}
+                         for cond in status.get("conditions") or []]
+    return out
+
+
+# ----- reconcile -------------------------------------------------------------------------------------
+def _owned_by(obj: Mapping[str, Any], uid: str) -> bool:
+    return any(ref.get("uid") == uid for ref in (obj.get("metadata") or {}).get("ownerReferences") or [])
+
+
+def apply(kube: Kube, desired: Mapping[str, Any], live: Mapping[str, Any] | None,
+          logger: logging.Logger | logging.LoggerAdapter) -> Mapping[str, Any]:
+    """Create ``desired``, or patch the live object where it differs. Returns the live object."""
+    meta = desired["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    if live is None:
+        created = kube.create_isvc(manifests.without_nulls(desired))
+        if created is not None:
+            logger.info(f"created InferenceService {namespace}/{name}")
+            return created
+        live = kube.get_isvc(namespace, name)  # 409: it exists after all
+        if live is None:
+            raise kopf.TemporaryError(f"InferenceService {namespace}/{name} came and went", delay=1)
+    patch = {
+        "metadata": {key: meta[key] for key in ("labels", "annotations", "ownerReferences")},
+        "spec": desired["spec"],
+    }
+    if not manifests.differs(patch, live):
+        return live
+    logger.info(f"patching InferenceService {namespace}/{name} to match the YoloDetector")
+    return kube.patch_isvc(namespace, name, patch)
+
+
+def reconcile(kube: Kube, config: OperatorConfig, body: Mapping[str, Any],
+              logger: logging.Logger | logging.LoggerAdapter) -> dict[str, Any]:
+    """Bring the detector's InferenceService in line with its spec and write its status. Returns the status.
+
+    An invalid spec is reported (Valid=False) and not retried: it waits for the next spec change, while the
+    existing InferenceService keeps serving the last valid one. Transient API failures raise
+    ``kopf.TemporaryError`` (kopf retries); a manifest the API server rejects raises ``kopf.PermanentError``.
+    """
+    meta = body["metadata"]
+    name, namespace, uid = meta["name"], meta["namespace"], meta["uid"]
+    spec = dict(body.get("spec") or {})
+    old_status = dict(body.get("status") or {})
+    previous = list(old_status.get("conditions") or [])
+    if meta.get("deletionTimestamp"):
+        return old_status  # the garbage collector takes the InferenceService with it
+
+    live = kube.get_isvc(namespace, name)
+    problems = validation.validate(name, spec, config, isvc_exists=live is not None)
+    errors, warnings = validation.errors(problems), validation.warnings(problems)
+    status: dict[str, Any] = {"observedGeneration": meta.get("generation"), "inferenceService": name}
+    failure: kopf.PermanentError | kopf.TemporaryError | None = None
+
+    if errors:
+        message = validation.summary(errors)
+        valid = condition(VALID, "False", "InvalidSpec", message, previous)
+        ready = ready_condition(live, previous)
+    else:
+        valid = condition(VALID, "True", "ValidWithWarnings" if warnings else "Valid",
+                          validation.summary(warnings), previous)
+        status["model"] = manifests.model_status(spec, config)
+        if live is not None and not _owned_by(live, uid):
+            message = f"an InferenceService named {name} exists and does not belong to this YoloDetector"
+            ready = condition(READY, "False", "NameConflict", message, previous)
+            failure = kopf.TemporaryError(message, delay=30)
+        else:
+            desired = manifests.build_inference_service(name, namespace, spec, config)
+            kopf.adopt(desired, owner=body)  # type: ignore[arg-type]
+            try:
+                live = apply(kube, desired, live, logger)
+                ready = ready_condition(live, previous)
+            except (kopf.PermanentError, kopf.TemporaryError) as error:
+                ready = condition(READY, "False", "ApplyFailed", str(error), previous)
+                failure = error
+
+    status["conditions"] = [valid, ready]
+    status["url"] = ((live or {}).get("status") or {}).get("url") or None  # None deletes a stale URL
+    if _comparable(status) != _comparable({k: old_status.get(k) for k in status}):
+        if errors and valid["lastTransitionTime"] != (next((p for p in previous if p.get("type") == VALID), {})
+                                                         .get("lastTransitionTime")):
+            logger.warning(f"invalid spec, InferenceService left as it is: {valid['message']}")
+        kube.patch_detector_status(namespace, name, status)
+    if failure is not None:
+        raise failure
+    return status
+
+
+# ----- handlers ------------------------------------------------------------------------------------
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+    """Startup: kopf's bookkeeping in our own annotations, and the API client (the only I/O setup)."""
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=c.KOPF_ANNOTATION_PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=c.KOPF_ANNOTATION_PREFIX, key="last-handled-configuration")
+    settings.posting.level = logging.WARNING  # Kubernetes events for warnings and errors only
+    settings.watching.server_timeout = 300  # re-list now and then, also after an API server restart
+    settings.watching.client_timeout = 330
+    settings.watching.reconnect_backoff = 1.0
+    settings.networking.connect_timeout = 5
+    settings.execution.max_workers = 8
+    memo.kube = Kube(api_client())
+    logger.info(f"yolo-v7 operator: image {memo.config.image}, namespaces "
+                f"{','.join(memo.config.namespaces) or '(all)'}")
+
+
+def on_detector(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+    """A YoloDetector was created, changed, found at startup, or is due for a resync."""
+    reconcile(memo.kube, memo.config, body, logger)
+
+
+def on_inference_service(event: Mapping[str, Any], body: kopf.Body, name: str, namespace: str, memo: kopf.Memo,
+                         logger: kopf.Logger, **_: Any) -> None:
+    """Any event of an InferenceService we made (a manual edit, a delete, KServe's status): re-check its owner."""
+    owner = (body.get("metadata") or {}).get("labels", {}).get(c.DETECTOR_LABEL) or name
+    detector = memo.kube.get_detector(namespace, owner)
+    if detector is None:
+        return
+    try:
+        reconcile(memo.kube, memo.config, detector, logger)
+    except (kopf.TemporaryError, kopf.PermanentError) as error:
+        logger.warning(f"YoloDetector {namespace}/{owner}: {error} (the resync timer retries)")
+
+
+def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> kopf.OperatorRegistry:
+    """Attach the handlers to ``registry`` (kept out of import time so that tests and tools stay side-effect free)."""
+    detectors: dict[str, Any] = {"group": c.GROUP, "version": c.VERSION, "plural": c.PLURAL, "registry": registry}
+    kopf.on.login(registry=registry)(kopf.login_via_client)  # in-cluster or $KUBECONFIG, as the client does
+    kopf.on.startup(registry=registry)(configure)
+    kopf.on.create(**detectors, id="create")(on_detector)
+    kopf.on.update(**detectors, id="update")(on_detector)
+    kopf.on.resume(**detectors, id="resume")(on_detector)
+    kopf.timer(**detectors, id="resync", interval=config.resync_seconds, initial_delay=config.resync_seconds,
+               idle=None)(on_detector)
+    kopf.on.event(c.ISVC_GROUP, c.ISVC_VERSION, c.ISVC_PLURAL, registry=registry, id="owned",
+                  labels={c.MANAGED_BY_LABEL: c.MANAGED_BY, c.DETECTOR_LABEL: kopf.PRESENT})(on_inference_service)
+    return registry

@@ -1,0 +1,109 @@
+"""The few Kubernetes API calls the operator makes (kubernetes' sync client; kopf runs sync handlers in threads).
+
+Errors are classified once, here: a missing object is None, 409 on create means "it exists", and every other
+failure becomes ``kopf.TemporaryError`` (worth a retry: 5xx, 429, connection) or ``kopf.PermanentError``
+(the request itself is wrong: 4xx, e.g. a manifest the InferenceService schema rejects).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import kopf
+import urllib3
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from . import config as c
+
+RETRY_DELAY = 5.0
+REQUEST_TIMEOUT = (5.0, 15.0)  # connect, read: a restarting API server must not hang a worker thread
+
+
+def api_client() -> client.ApiClient:
+    """In-cluster credentials when running in a pod, else the kubeconfig ($KUBECONFIG or ~/.kube/config)."""
+    try:
+        config.load_incluster_config()
+        return client.ApiClient()
+    except config.ConfigException:
+        configuration = client.Configuration()
+        config.load_kube_config(client_configuration=configuration)
+        return client.ApiClient(configuration)
+
+
+@contextlib.contextmanager
+def _classified(what: str) -> Iterator[None]:
+    try:
+        yield
+    except ApiException as error:
+        detail = f"{what}: {error.status} {error.reason}: {_message(error)}"
+        if error.status == 429 or (error.status or 0) >= 500:
+            raise kopf.TemporaryError(detail, delay=RETRY_DELAY) from None
+        raise kopf.PermanentError(detail) from None
+    except (OSError, urllib3.exceptions.HTTPError) as error:  # refused, reset, timed out: may be back soon
+        raise kopf.TemporaryError(f"{what}: {type(error).__name__}: {error}", delay=RETRY_DELAY) from None
+
+
+def _message(error: ApiException) -> str:
+    try:
+        return json.loads(error.body or "{}").get("message") or str(error.body)
+    except ValueError:
+        return str(error.body)
+
+
+class Kube:
+    """InferenceService create/read/patch and YoloDetector read/status-patch, nothing more."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self.custom = client.CustomObjectsApi(api)
+
+    # ----- InferenceServices ----------------------------------------------------------------------
+    def get_isvc(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self._get_or_none(c.ISVC_GROUP, c.ISVC_VERSION, c.ISVC_PLURAL, namespace, name)
+
+    def create_isvc(self, body: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Create; None when it already exists (409: someone, e.g. our previous incarnation, was first)."""
+        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        with _classified(f"create InferenceService {namespace}/{name}"):
+            try:
+                return self.custom.create_namespaced_custom_object(
+                    c.ISVC_GROUP, c.ISVC_VERSION, namespace, c.ISVC_PLURAL, dict(body), _request_timeout=REQUEST_TIMEOUT)
+            except ApiException as error:
+                if error.status == 409:
+                    return None
+                if error.status == 404:  # the namespace is there (the detector is in it): the API is not
+                    raise kopf.TemporaryError(f"create InferenceService {namespace}/{name}: the API "
+                                              f"{c.ISVC_API_VERSION} is not served; is KServe installed?",
+                                              delay=60) from None
+                raise
+
+    def patch_isvc(self, namespace: str, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:
+        """JSON merge patch (None values delete fields)."""
+        with _classified(f"patch InferenceService {namespace}/{name}"):
+            return self.custom.patch_namespaced_custom_object(
+                c.ISVC_GROUP, c.ISVC_VERSION, namespace, c.ISVC_PLURAL, name, dict(patch), _request_timeout=REQUEST_TIMEOUT)
+
+    # ----- YoloDetectors ----------------------------------------------------------------------------
+    def get_detector(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self._get_or_none(c.GROUP, c.VERSION, c.PLURAL, namespace, name)
+
+    def patch_detector_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+        with _classified(f"patch YoloDetector {namespace}/{name} status"):
+            try:
+                self.custom.patch_namespaced_custom_object_status(
+                    c.GROUP, c.VERSION, namespace, c.PLURAL, name, {"status": dict(status)}, _request_timeout=REQUEST_TIMEOUT)
+            except ApiException as error:
+                if error.status != 404:  # 404: deleted meanwhile, nothing to report on
+                    raise
+
+    def _get_or_none(self, group: str, version: str, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+        with _classified(f"read {plural} {namespace}/{name}"):
+            try:
+                return self.custom.get_namespaced_custom_object(group, version, namespace, plural, name, _request_timeout=REQUEST_TIMEOUT)
+            except ApiException as error:
+                if error.status == 404:
+                    return None
+                raise

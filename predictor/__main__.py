@@ -1,0 +1,91 @@
+"""``python -m predictor``: the YOLOv7 KServe predictor.
+
+KServe's own flags (``--model_name``, ``--http_port``, ``--grpc_port``, ...) plus every
+:mod:`predictor.settings` option (flag > ``YOLO_*`` environment variable > default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+DEFAULT_MODEL_NAME = "yolov7"
+# gRPC framing and the other fields of a ModelInferRequest around the image bytes.
+GRPC_ENVELOPE_BYTES = 64 * 1024
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from kserve import model_server
+
+    from predictor.settings import PredictorSettings
+
+    parser = argparse.ArgumentParser(
+        prog="python -m predictor",
+        description="YOLOv7 object detection predictor (KServe ModelServer: REST v1/v2 and gRPC v2).",
+        parents=[model_server.parser],
+    )
+    PredictorSettings.add_arguments(parser)
+    # Ours by default; KServe's is "model". None = follow --max_request_bytes.
+    parser.set_defaults(model_name=DEFAULT_MODEL_NAME, grpc_max_receive_message_length=None)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    import kserve
+    from kserve import model_server
+    from kserve.logging import configure_logging
+    from kserve.logging import logger as kserve_logger
+
+    from predictor.server import install
+    from predictor.service import YoloV7Model
+    from predictor.settings import PredictorSettings, SettingsError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = PredictorSettings.from_sources(args)
+    except SettingsError as error:
+        parser.error(str(error))
+    if args.workers != 1:
+        parser.error("--workers must be 1 (one model copy per process); scale with replicas instead")
+
+    if args.configure_logging:
+        configure_logging(args.log_config_file)
+        ours = logging.getLogger("predictor")
+        ours.handlers = list(kserve_logger.handlers)
+        ours.setLevel(logging.INFO)
+        ours.propagate = False
+
+    # KServe's GRPCServer reads its message limits from kserve.model_server.args (parsed at import).
+    grpc_receive = args.grpc_max_receive_message_length
+    if grpc_receive is None:
+        grpc_receive = settings.max_request_bytes + GRPC_ENVELOPE_BYTES
+    model_server.args.grpc_max_receive_message_length = grpc_receive
+    model_server.args.grpc_max_send_message_length = args.grpc_max_send_message_length
+
+    model = YoloV7Model(args.model_name, settings)
+    try:
+        model.load()
+    except (FileNotFoundError, ValueError) as error:
+        logging.getLogger("predictor").error("cannot load the model: %s", error)
+        sys.exit(f"error: {error}")
+
+    server = kserve.ModelServer(
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        workers=1,
+        max_threads=args.max_threads,
+        max_asyncio_workers=args.max_asyncio_workers,
+        enable_grpc=args.enable_grpc,
+        enable_docs_url=args.enable_docs_url,
+        enable_latency_logging=args.enable_latency_logging,
+        access_log_format=args.access_log_format,
+    )
+    install(model_server.app, server, model=model, max_request_bytes=settings.max_request_bytes,
+            demo=settings.demo)
+    server.start([model])
+
+
+if __name__ == "__main__":
+    main()

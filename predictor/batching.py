@@ -1,0 +1,182 @@
+"""Dynamic batching: coalesce the items (images) of concurrent requests into one call, split results back.
+
+A request submits its items with :meth:`DynamicBatcher.submit` and awaits their results. One collector
+task on the event loop takes the oldest waiting item, waits until ``max_batch_size`` items are queued
+or ``max_delay_s`` has passed since that item arrived, and hands the batch to ``process`` in ONE
+dedicated worker thread (so the event loop stays responsive and forwards never overlap). While a batch
+runs, new items queue up and form the next batch. Results go back to each item's own future, in order,
+so requests never see each other's results; an exception in ``process`` fails only that batch's items.
+
+The batcher knows nothing about images or models: ``process(list[T]) -> list[R]`` does the work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+__all__ = ["DynamicBatcher"]
+
+
+@dataclass(eq=False)
+class _Pending(Generic[T]):
+    item: T
+    future: asyncio.Future
+    enqueued: float = field(default_factory=time.monotonic)
+
+
+class DynamicBatcher(Generic[T, R]):
+    """Coalesce concurrently submitted items into batches of at most ``max_batch_size``.
+
+    Args:
+        process: called in the worker thread with a batch; must return one result per item, in order.
+        max_batch_size: the largest batch formed.
+        max_delay_s: how long the oldest waiting item may wait for company (0 = never wait; batches
+            still form from items that queued while the previous batch ran).
+        on_batch: called (in the worker thread, before ``process``) with the batch size and the oldest
+            item's queueing delay in seconds — e.g. to feed metrics.
+    """
+
+    def __init__(
+        self,
+        process: Callable[[list[T]], Sequence[R]],
+        *,
+        max_batch_size: int,
+        max_delay_s: float,
+        on_batch: Callable[[int, float], None] | None = None,
+        name: str = "batcher",
+    ):
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        if max_delay_s < 0:
+            raise ValueError(f"max_delay_s must be >= 0, got {max_delay_s}")
+        self._process = process
+        self.max_batch_size = max_batch_size
+        self.max_delay_s = max_delay_s
+        self._on_batch = on_batch
+        self._name = name
+        self._pending: deque[_Pending[T]] = deque()
+        self._wakeup: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self.batches = 0  # batches run so far
+        self.items = 0  # items processed so far
+        self.largest_batch = 0
+
+    # ----- public -------------------------------------------------------------------------------------
+    async def submit(self, items: Sequence[T]) -> list[R]:
+        """Queue ``items`` and wait for their results (in order)."""
+        if not items:
+            return []
+        self._ensure_started()
+        assert self._loop is not None and self._wakeup is not None
+        futures = [self._loop.create_future() for _ in items]
+        for item, future in zip(items, futures, strict=True):
+            self._pending.append(_Pending(item, future))
+        self._wakeup.set()
+        try:
+            return list(await asyncio.gather(*futures))
+        except BaseException:
+            for future in futures:  # a cancelled or failed request withdraws its other items
+                future.cancel()
+            raise
+
+    @property
+    def queued(self) -> int:
+        return len(self._pending)
+
+    async def close(self) -> None:
+        """Stop the collector; items still queued fail with ``RuntimeError``."""
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        while self._pending:
+            pending = self._pending.popleft()
+            if not pending.future.done():
+                pending.future.set_exception(RuntimeError(f"{self._name} closed"))
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    # ----- internals ----------------------------------------------------------------------------------
+    def _ensure_started(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._task is not None and self._loop is loop and not self._task.done():
+            return
+        self._loop = loop
+        self._wakeup = asyncio.Event()
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self._name)
+        self._task = loop.create_task(self._collect(), name=f"{self._name}-collector")
+
+    def _drop_cancelled_head(self) -> None:
+        while self._pending and self._pending[0].future.done():
+            self._pending.popleft()
+
+    async def _collect(self) -> None:
+        assert self._wakeup is not None and self._loop is not None
+        wakeup = self._wakeup
+        while True:
+            self._drop_cancelled_head()
+            while not self._pending:
+                wakeup.clear()
+                await wakeup.wait()
+                self._drop_cancelled_head()
+            deadline = self._pending[0].enqueued + self.max_delay_s
+            while len(self._pending) < self.max_batch_size:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                wakeup.clear()
+                try:
+                    await asyncio.wait_for(wakeup.wait(), remaining)
+                except TimeoutError:
+                    break
+            batch: list[_Pending[T]] = []
+            while self._pending and len(batch) < self.max_batch_size:
+                pending = self._pending.popleft()
+                if not pending.future.done():
+                    batch.append(pending)
+            if not batch:
+                continue
+            waited = time.monotonic() - batch[0].enqueued
+            try:
+                results = await self._loop.run_in_executor(self._executor, self._run, batch, waited)
+            except asyncio.CancelledError:
+                for pending in batch:
+                    if not pending.future.done():
+                        pending.future.set_exception(RuntimeError(f"{self._name} closed"))
+                raise
+            except Exception as error:  # noqa: BLE001 - forwarded to the requests of this batch
+                for pending in batch:
+                    if not pending.future.done():
+                        pending.future.set_exception(error)
+                continue
+            for pending, result in zip(batch, results, strict=True):
+                if not pending.future.done():
+                    pending.future.set_result(result)
+
+    def _run(self, batch: list[_Pending[T]], waited: float) -> Sequence[Any]:
+        size = len(batch)
+        self.batches += 1
+        self.items += size
+        self.largest_batch = max(self.largest_batch, size)
+        if self._on_batch is not None:
+            self._on_batch(size, waited)
+        results = self._process([pending.item for pending in batch])
+        if len(results) != size:
+            raise RuntimeError(f"{self._name}: process returned {len(results)} results for {size} items")
+        return results

@@ -1,0 +1,408 @@
+"""The inference engine: one loaded YOLOv7 network plus its pre- and post-processing.
+
+:class:`Detector` turns RGB ``uint8`` images of any size into :class:`Detections` in original-image
+pixels::
+
+    det = Detector.from_weights("weights/yolov7.pt")            # cuda + fp16 if present, else cpu + fp32
+    [d] = det.detect([rgb], conf=0.25, iou=0.45)
+    d.boxes  # float32 [K, 4] x1, y1, x2, y2 (original pixels, clipped)
+
+The three stages are public so that a batcher can run them separately: :meth:`Detector.preprocess`
+(letterbox, stack, upload), :meth:`Detector.forward` (the network, ``[N, R, 5 + nc]``) and
+:meth:`Detector.postprocess` (NMS, boxes back to each original image). On CUDA the forward may replay a
+captured CUDA graph per batch size or run a ``torch.compile``-d network (``accel``); every accelerated
+path falls back to eager execution if it fails. No kserve import: the service wraps this.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from predictor import ops
+
+__all__ = ["ACCEL_MODES", "Detections", "LetterboxInfo", "Detector", "resolve_device", "resolve_precision"]
+
+log = logging.getLogger(__name__)
+
+ACCEL_MODES = ("auto", "eager", "cudagraph", "compile")
+PRECISIONS = ("auto", "fp32", "fp16")
+DEFAULT_COMPILE_MODE = "max-autotune-no-cudagraphs"
+
+
+@dataclass
+class Detections:
+    """Detections for one image, highest score first.
+
+    ``boxes``: float32 ``[K, 4]`` (x1, y1, x2, y2) in original image pixels, clipped to the image;
+    ``scores``: float32 ``[K]`` (objectness × class probability); ``classes``: int64 ``[K]``.
+    """
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    classes: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.scores.shape[0])
+
+
+@dataclass(frozen=True)
+class LetterboxInfo:
+    """How one image was letterboxed: ``original_shape`` (h0, w0); ``ratio`` (ratio_w, ratio_h);
+    ``pad`` (pad_w, pad_h) — ``x_input = x_original · ratio_w + pad_w``."""
+
+    original_shape: tuple[int, int]
+    ratio: tuple[float, float]
+    pad: tuple[float, float]
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` → ``cuda`` if available else ``cpu``; ``"cpu"``, ``"cuda"``, ``"cuda:N"`` as given.
+
+    Raises ``ValueError`` for an unknown name and ``RuntimeError`` when CUDA is asked for but absent.
+    """
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
+    if dev.type == "cpu":
+        return dev
+    if dev.type != "cuda":
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    if not torch.cuda.is_available():
+        raise RuntimeError(
+            f"device {device!r} requested but CUDA is not available (torch.cuda.is_available() "
+            "is False); use device='cpu' or 'auto'"
+        )
+    if dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise RuntimeError(
+            f"device {device!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist"
+        )
+    return torch.device("cuda", torch.cuda.current_device() if dev.index is None else dev.index)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``"auto"`` → ``"fp16"`` on CUDA, ``"fp32"`` on CPU; fp16 on CPU is refused (``ValueError``)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "auto":
+        return "fp16" if device.type == "cuda" else "fp32"
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("precision 'fp16' needs a CUDA device; use precision='fp32' (or 'auto') on the CPU")
+    return precision
+
+
+@dataclass
+class _Graph:
+    graph: Any  # torch.cuda.CUDAGraph
+    static_in: torch.Tensor
+    static_out: torch.Tensor
+
+
+class Detector:
+    """A YOLOv7 network with letterbox pre-processing and NMS post-processing.
+
+    Args:
+        model: an ``nn.Module`` mapping ``[N, 3, S, S]`` images in [0, 1] to decoded ``[N, R, 5 + nc]``
+            (cx, cy, w, h in input pixels, objectness, class probabilities) — e.g.
+            ``predictor.yolov7.build_model(ckpt)``. Moved to ``device``/``precision`` here.
+        names: class names (``len == nc``).
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
+        precision: ``"auto"`` (fp16 on CUDA, fp32 on CPU), ``"fp32"``, ``"fp16"`` (CUDA only).
+        input_size: square network input ``S``; default the model's ``input_size`` (640 for P5 models);
+            must be a multiple of the largest stride.
+        accel: ``"auto"`` (CUDA graphs on CUDA, eager on CPU), ``"eager"``, ``"cudagraph"``,
+            ``"compile"`` (the last two need CUDA).
+        compile_mode: ``torch.compile`` mode for ``accel="compile"``.
+        max_graphs: at most this many CUDA graphs (one per batch size) are captured; other batch sizes
+            run eagerly.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        names: Sequence[str] | None = None,
+        device: str | torch.device = "auto",
+        precision: str = "auto",
+        input_size: int | None = None,
+        accel: str = "auto",
+        compile_mode: str = DEFAULT_COMPILE_MODE,
+        max_graphs: int = 16,
+    ) -> None:
+        self.device = resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)
+        self.dtype = torch.float16 if self.precision == "fp16" else torch.float32
+        self.accel = self._resolve_accel(accel)
+        self.variant: str = str(getattr(model, "variant", "custom"))
+        self.strides: tuple[int, ...] = tuple(int(s) for s in getattr(model, "strides", (8, 16, 32)))
+        self.num_classes = int(getattr(model, "num_classes", len(names) if names is not None else 0))
+        if names is None:
+            names = getattr(model, "names", None) or [f"class{i}" for i in range(self.num_classes)]
+        self.names: list[str] = [str(n) for n in names]
+        if self.num_classes <= 0:
+            raise ValueError("the number of classes is unknown: give `names` or a model with `num_classes`")
+        if len(self.names) != self.num_classes:
+            raise ValueError(f"{len(self.names)} class names for a model with {self.num_classes} classes")
+        size = int(getattr(model, "input_size", 640) if input_size is None else input_size)
+        if size <= 0 or size % max(self.strides):
+            raise ValueError(
+                f"input_size must be a positive multiple of the largest stride "
+                f"{max(self.strides)}, got {input_size}"
+            )
+        self.input_size = size
+
+        model = model.eval().requires_grad_(False).to(self.device, self.dtype)
+        if self.device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+            torch.backends.cudnn.benchmark = True
+        self.model = model
+        self.compile_mode = compile_mode
+        self.max_graphs = int(max_graphs)
+        self._compiled: Any = None
+        self._graphs: dict[tuple[int, ...], _Graph] = {}
+        self._graph_pool: Any = None
+        self._graph_failed = False
+        self._lock = threading.Lock()
+        if self.accel == "compile":
+            self._compiled = torch.compile(self.model, mode=compile_mode, dynamic=False)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_checkpoint(
+        cls,
+        ckpt: Any,
+        *,
+        device: str | torch.device = "auto",
+        precision: str = "auto",
+        input_size: int | None = None,
+        **kwargs: Any,
+    ) -> Detector:
+        """Build the fused network of a loaded ``predictor.yolov7.Checkpoint`` and wrap it."""
+        from predictor.yolov7 import build_model
+
+        model = build_model(ckpt, fuse=True)
+        names = list(ckpt.names) if getattr(ckpt, "names", None) else None
+        return cls(model, names=names, device=device, precision=precision, input_size=input_size, **kwargs)
+
+    @classmethod
+    def from_weights(
+        cls,
+        path: str | Path,
+        *,
+        variant: str | None = None,
+        device: str | torch.device = "auto",
+        precision: str = "auto",
+        input_size: int | None = None,
+        **kwargs: Any,
+    ) -> Detector:
+        """Load a checkpoint file (official ``.pt`` or the project's safetensors) and wrap it.
+
+        ``variant``, when given, must agree with the checkpoint (or names it where the file cannot).
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"weights file not found: {path}")
+        from predictor.yolov7 import load_checkpoint
+
+        ckpt = _load(load_checkpoint, path, variant)
+        if variant is not None and getattr(ckpt, "variant", None) not in (None, variant):
+            raise ValueError(f"{path} holds a {ckpt.variant!r} model, not the requested variant {variant!r}")
+        return cls.from_checkpoint(ckpt, device=device, precision=precision, input_size=input_size, **kwargs)
+
+    def _resolve_accel(self, accel: str) -> str:
+        if accel not in ACCEL_MODES:
+            raise ValueError(f"accel must be one of {ACCEL_MODES}, got {accel!r}")
+        if accel == "auto":
+            return "cudagraph" if self.device.type == "cuda" else "eager"
+        if accel in ("cudagraph", "compile") and self.device.type != "cuda":
+            raise ValueError(f"accel {accel!r} needs a CUDA device; use 'eager' or 'auto' on the CPU")
+        return accel
+
+    def __repr__(self) -> str:
+        return (
+            f"Detector(variant={self.variant!r}, num_classes={self.num_classes}, device={self.device}, "
+            f"precision={self.precision!r}, input_size={self.input_size}, accel={self.accel!r})"
+        )
+
+    # ------------------------------------------------------------------ stages
+    def preprocess(self, images: Sequence[np.ndarray]) -> tuple[torch.Tensor, list[LetterboxInfo]]:
+        """Letterbox RGB images and stack them into the network input.
+
+        Args:
+            images: ``HxWx3`` RGB ``uint8`` arrays, any sizes.
+
+        Returns:
+            ``[N, 3, S, S]`` tensor in [0, 1] on the detector's device and dtype (channels-last memory on
+            CUDA, uploaded from pinned memory without blocking), and one :class:`LetterboxInfo` each.
+        """
+        if isinstance(images, np.ndarray) and images.ndim != 4:
+            raise ValueError("images must be a sequence of HxWx3 arrays (a list), not a single array")
+        if len(images) == 0:
+            raise ValueError("images is empty")
+        for i, img in enumerate(images):
+            if not isinstance(img, np.ndarray):
+                raise ValueError(f"image {i} is a {type(img).__name__}, expected a numpy array")
+            if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3 or 0 in img.shape:
+                raise ValueError(f"image {i} must be an HxWx3 uint8 RGB array, got {img.dtype} {img.shape}")
+        s, n = self.input_size, len(images)
+        cuda = self.device.type == "cuda"
+        host = torch.empty((n, s, s, 3), dtype=torch.uint8, pin_memory=cuda)
+        view = host.numpy()
+        infos = []
+        for i, img in enumerate(images):
+            view[i], ratio, pad = ops.letterbox(img, s)
+            infos.append(LetterboxInfo((int(img.shape[0]), int(img.shape[1])), ratio, pad))
+        if cuda:
+            # NHWC uint8 permuted to NCHW *is* channels-last; the cast keeps that layout.
+            x = host.to(self.device, non_blocking=True).permute(0, 3, 1, 2).to(self.dtype)
+        else:
+            x = torch.empty((n, 3, s, s), dtype=self.dtype).copy_(host.permute(0, 3, 1, 2))
+        return x.div_(255.0), infos
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        """Run the network: ``[N, 3, H, W]`` in [0, 1] → decoded ``[N, R, 5 + nc]`` (inference mode).
+
+        A tensor on another device or dtype is moved first. With ``accel="cudagraph"`` the first call at
+        a new batch size captures a graph (shared memory pool, at most ``max_graphs``); the returned tensor
+        is always the caller's own (never a reused static buffer).
+        """
+        if not isinstance(batch, torch.Tensor) or batch.ndim != 4 or batch.shape[1] != 3:
+            got = getattr(batch, "shape", type(batch).__name__)
+            raise ValueError(f"batch must be a tensor [N, 3, H, W], got {got}")
+        if batch.shape[0] == 0:
+            raise ValueError("batch is empty")
+        stride = max(self.strides)
+        if batch.shape[2] % stride or batch.shape[3] % stride:
+            raise ValueError(
+                f"batch height and width must be multiples of {stride}, got {tuple(batch.shape[2:])}"
+            )
+        batch = batch.to(self.device, self.dtype, non_blocking=True)
+        with torch.inference_mode():
+            if self.accel == "cudagraph":
+                return self._graph_forward(batch)
+            if self.accel == "compile" and self._compiled is not None:
+                try:
+                    return self._compiled(batch).clone()
+                except Exception:  # any compiler failure: fall back, once, loudly
+                    log.warning("torch.compile failed; falling back to eager execution", exc_info=True)
+                    self._compiled = None
+            return self.model(batch)
+
+    def postprocess(
+        self,
+        raw: torch.Tensor,
+        infos: Sequence[LetterboxInfo],
+        *,
+        conf: float = 0.25,
+        iou: float = 0.45,
+        max_det: int = 300,
+        classes: Sequence[int] | None = None,
+        agnostic: bool = False,
+    ) -> list[Detections]:
+        """NMS (see :func:`predictor.ops.non_max_suppression`), then boxes back to each original image
+        (official arithmetic: :func:`predictor.ops.scale_boxes` with the pad recomputed from the gain)."""
+        if not isinstance(raw, torch.Tensor) or raw.ndim != 3:
+            raise ValueError(f"raw must be a tensor [N, R, 5 + nc], got {getattr(raw, 'shape', type(raw))}")
+        if raw.shape[0] != len(infos):
+            raise ValueError(f"{raw.shape[0]} outputs but {len(infos)} LetterboxInfo")
+        dets = ops.non_max_suppression(raw, conf, iou, classes=classes, agnostic=agnostic, max_det=max_det)
+        counts = [d.shape[0] for d in dets]
+        host = torch.cat(dets).cpu() if dets else torch.zeros((0, 6))  # one device → host copy
+        shape = (self.input_size, self.input_size)
+        out = []
+        for d, info in zip(torch.split(host, counts), infos, strict=True):
+            boxes = ops.scale_boxes(d[:, :4], shape, info.original_shape)
+            out.append(
+                Detections(
+                    boxes=boxes.numpy().astype(np.float32, copy=False),
+                    scores=d[:, 4].numpy().astype(np.float32, copy=True),
+                    classes=d[:, 5].numpy().astype(np.int64),
+                )
+            )
+        return out
+
+    def detect(self, images: Sequence[np.ndarray], **thresholds: Any) -> list[Detections]:
+        """``preprocess`` → ``forward`` → ``postprocess``; ``thresholds`` are postprocess's keywords."""
+        batch, infos = self.preprocess(images)
+        return self.postprocess(self.forward(batch), infos, **thresholds)
+
+    def warmup(self, batch_sizes: Sequence[int] = (1,)) -> None:
+        """Run each batch size once (allocator, cuDNN autotuning, graph capture / compilation)."""
+        s = self.input_size
+        for n in batch_sizes:
+            if int(n) < 1:
+                raise ValueError(f"batch sizes must be >= 1, got {n}")
+            self.forward(torch.zeros((int(n), 3, s, s), dtype=self.dtype, device=self.device))
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    # ------------------------------------------------------------------ CUDA graphs
+    def _graph_forward(self, batch: torch.Tensor) -> torch.Tensor:
+        """Replay (capturing first if needed) the graph for this input shape.
+
+        Serialised by a lock, eager fallback included, so that no other forward runs while a graph is
+        being captured (capture is best done up front by :meth:`warmup`).
+        """
+        key = tuple(batch.shape)
+        with self._lock, torch.cuda.device(self.device):
+            g = self._graphs.get(key)
+            if g is None and not self._graph_failed and len(self._graphs) < self.max_graphs:
+                g = self._capture(key)
+            if g is None:
+                return self.model(batch)
+            g.static_in.copy_(batch)
+            g.graph.replay()
+            return g.static_out.clone()
+
+    def _capture(self, shape: tuple[int, ...]) -> _Graph | None:
+        """Capture the network for one input shape (caller holds the lock); ``None`` if capture fails,
+        after which the detector runs eagerly."""
+        try:
+            if self._graph_pool is None:
+                self._graph_pool = torch.cuda.graph_pool_handle()
+            static_in = torch.zeros(shape, device=self.device, dtype=self.dtype).contiguous(
+                memory_format=torch.channels_last
+            )
+            side = torch.cuda.Stream(device=self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                for _ in range(3):  # cuDNN autotuning and lazy init happen outside the capture
+                    self.model(static_in)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            try:  # other threads' CUDA calls must not invalidate the capture (torch >= 2.1)
+                ctx = torch.cuda.graph(graph, pool=self._graph_pool, capture_error_mode="thread_local")
+            except TypeError:
+                ctx = torch.cuda.graph(graph, pool=self._graph_pool)
+            with ctx:
+                static_out = self.model(static_in)
+            torch.cuda.synchronize(self.device)
+        except Exception:  # capture unsupported here: eager from now on
+            log.warning("CUDA graph capture failed for input %s; running eagerly", shape, exc_info=True)
+            self._graph_failed = True
+            return None
+        g = _Graph(graph, static_in, static_out)
+        self._graphs[shape] = g
+        log.info("captured a CUDA graph for input %s", shape)
+        return g
+
+
+def _load(load_checkpoint: Any, path: Path, variant: str | None) -> Any:
+    """Call ``load_checkpoint(path[, variant=...])`` — passing the variant only when it is accepted."""
+    if variant is not None:
+        try:
+            return load_checkpoint(path, variant=variant)
+        except TypeError as e:
+            if "variant" not in str(e):
+                raise
+    return load_checkpoint(path)

@@ -1,0 +1,71 @@
+"""The predictor's own Prometheus metrics, served by KServe's ``/metrics`` next to KServe's histograms.
+
+Created once per process by :func:`service_metrics` (not at import time), in the default registry,
+which is the one KServe's ``/metrics`` handler exposes.
+
+* ``yolo_batch_size`` — images per forward (histogram).
+* ``yolo_batch_queue_seconds`` — how long the oldest image of a batch waited for the batch to form.
+* ``yolo_stage_seconds{stage}`` — per-stage latency: ``decode`` (per image), ``preprocess`` (letterbox,
+  per image), ``forward`` (per batch), ``postprocess`` (NMS + scaling, per batch).
+* ``yolo_requests_total{protocol}`` — requests that reached the model (protocol: v1, v2, grpc).
+* ``yolo_images_total`` — images detected on.
+* ``yolo_request_errors_total{protocol, code}`` — rejected requests by cause (``decode``,
+  ``too_many_pixels``, ``payload_too_large``, ``parameter``, ...).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+
+__all__ = ["ServiceMetrics", "service_metrics"]
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128, 256)
+
+
+@dataclass(frozen=True)
+class ServiceMetrics:
+    batch_size: Histogram
+    batch_queue: Histogram
+    stage: Histogram
+    requests: Counter
+    images: Counter
+    errors: Counter
+
+
+_lock = threading.Lock()
+_by_registry: dict[int, ServiceMetrics] = {}
+
+
+def service_metrics(registry: CollectorRegistry = REGISTRY) -> ServiceMetrics:
+    """The metrics registered in ``registry`` (created on first use; the same object afterwards)."""
+    with _lock:
+        metrics = _by_registry.get(id(registry))
+        if metrics is None:
+            metrics = ServiceMetrics(
+                batch_size=Histogram(
+                    "yolo_batch_size", "Images per model forward (dynamic batching)",
+                    buckets=_BATCH_BUCKETS, registry=registry,
+                ),
+                batch_queue=Histogram(
+                    "yolo_batch_queue_seconds", "Time the oldest image of a batch waited for the batch to form",
+                    buckets=_LATENCY_BUCKETS, registry=registry,
+                ),
+                stage=Histogram(
+                    "yolo_stage_seconds", "Latency of each predictor stage",
+                    ["stage"], buckets=_LATENCY_BUCKETS, registry=registry,
+                ),
+                requests=Counter(
+                    "yolo_requests", "Inference requests that reached the model", ["protocol"], registry=registry
+                ),
+                images=Counter("yolo_images", "Images detected on", registry=registry),
+                errors=Counter(
+                    "yolo_request_errors", "Rejected inference requests, by cause", ["protocol", "code"],
+                    registry=registry,
+                ),
+            )
+            _by_registry[id(registry)] = metrics
+        return metrics

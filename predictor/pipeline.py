@@ -1,0 +1,211 @@
+"""The request pipeline between the wire and the :class:`~predictor.engine.Detector`.
+
+    encoded bytes / pixels ──(thread pool: header check, decode, letterbox)──▶ prepared images
+    prepared images of concurrent requests ──(DynamicBatcher, one worker thread)──▶ one forward
+    raw output ──(per request thresholds: NMS, boxes back to each original image)──▶ Detections
+
+Decoding and letterboxing run in a thread pool (OpenCV releases the GIL), never on the event loop; the
+forward runs in the batcher's single worker thread. The full-size decoded image is dropped as soon as it
+is letterboxed, so memory per in-flight image is bounded by the network input, not by the upload.
+
+On CUDA, JPEGs are decoded on the GPU in batches (``torchvision.io.decode_jpeg(device="cuda")``) and
+letterboxed there (:func:`predictor.ops.letterbox_tensor`); any failure falls back to the CPU path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from predictor import codec, ops
+from predictor.batching import DynamicBatcher
+from predictor.codec import DetectParams, ImageSource, Limits
+from predictor.engine import Detections, Detector, LetterboxInfo
+from predictor.metrics import ServiceMetrics
+
+__all__ = ["DetectionPipeline", "PreparedImage"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class PreparedImage:
+    """One image ready for the batcher: letterboxed pixels (CPU path) or JPEG bytes (GPU decode path)."""
+
+    params: DetectParams
+    letterboxed: np.ndarray | None = None  # uint8 [S, S, 3]
+    info: LetterboxInfo | None = None
+    jpeg: bytes | None = None
+    where: str = "image"
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width) of the original image; known after decoding."""
+        assert self.info is not None
+        return self.info.original_shape
+
+
+class DetectionPipeline:
+    """Decode → letterbox → batch → forward → NMS for one :class:`Detector`."""
+
+    def __init__(
+        self,
+        detector: Detector,
+        *,
+        limits: Limits,
+        max_batch_size: int,
+        max_batch_delay_s: float,
+        metrics: ServiceMetrics,
+        decode_threads: int | None = None,
+        gpu_decode: bool | None = None,
+    ):
+        self.detector = detector
+        self.limits = limits
+        self.metrics = metrics
+        self.input_size = detector.input_size
+        threads = decode_threads or min(8, (os.cpu_count() or 2) + 2)
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="yolo-decode")
+        cuda = detector.device.type == "cuda"
+        self.gpu_decode = cuda if gpu_decode is None else (gpu_decode and cuda)
+        self.batcher: DynamicBatcher[PreparedImage, Detections] = DynamicBatcher(
+            self._process_batch,
+            max_batch_size=max_batch_size,
+            max_delay_s=max_batch_delay_s,
+            on_batch=self._observe_batch,
+            name="yolo-forward",
+        )
+
+    # ----- event loop side --------------------------------------------------------------------------
+    async def prepare(self, sources: Sequence[ImageSource], params: DetectParams) -> list[PreparedImage]:
+        """Check, decode and letterbox every image of a request in the thread pool."""
+        loop = asyncio.get_running_loop()
+        tasks = [
+            loop.run_in_executor(self._pool, self._prepare_one, source, params, f"image {index}")
+            for index, source in enumerate(sources)
+        ]
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return list(results)  # type: ignore[arg-type]
+
+    async def detect(self, prepared: Sequence[PreparedImage]) -> list[Detections]:
+        """Queue the prepared images for batched inference; results in order."""
+        return await self.batcher.submit(prepared)
+
+    async def close(self) -> None:
+        await self.batcher.close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # ----- thread pool side -------------------------------------------------------------------------
+    def _prepare_one(self, source: ImageSource, params: DetectParams, where: str) -> PreparedImage:
+        if isinstance(source, bytes):
+            if self.gpu_decode:
+                info = codec.probe_image(source, where)
+                codec.check_pixels(info.width, info.height, self.limits.max_pixels, where)
+                if info.format == "jpeg":
+                    return PreparedImage(params=params, jpeg=source, where=where)
+            start = time.perf_counter()
+            image = codec.decode_image(source, self.limits.max_pixels, where)
+            self.metrics.stage.labels("decode").observe(time.perf_counter() - start)
+        else:
+            image = codec.check_pixel_array(source, self.limits.max_pixels, where)
+        start = time.perf_counter()
+        letterboxed, ratio, pad = ops.letterbox(image, self.input_size)
+        info = LetterboxInfo((int(image.shape[0]), int(image.shape[1])), ratio, pad)
+        self.metrics.stage.labels("preprocess").observe(time.perf_counter() - start)
+        return PreparedImage(params=params, letterboxed=letterboxed, info=info, where=where)
+
+    # ----- worker thread side -----------------------------------------------------------------------
+    def _observe_batch(self, size: int, waited: float) -> None:
+        self.metrics.batch_size.observe(size)
+        self.metrics.batch_queue.observe(waited)
+
+    def _process_batch(self, items: list[PreparedImage]) -> list[Detections]:
+        detector = self.detector
+        if any(item.jpeg is not None for item in items):
+            batch = self._gpu_batch(items)
+        else:
+            # The images are already letterboxed to S x S, so the detector's preprocess is only the
+            # stack + upload (+ pinned memory on CUDA); its geometry is the identity.
+            batch, _ = detector.preprocess([item.letterboxed for item in items])
+        start = time.perf_counter()
+        raw = detector.forward(batch)
+        if raw.device.type == "cuda":
+            torch.cuda.synchronize(raw.device)
+        self.metrics.stage.labels("forward").observe(time.perf_counter() - start)
+
+        start = time.perf_counter()
+        results: list[Detections | None] = [None] * len(items)
+        groups: dict[DetectParams, list[int]] = {}
+        for index, item in enumerate(items):
+            groups.setdefault(item.params, []).append(index)
+        for params, indices in groups.items():
+            select = raw if len(indices) == len(items) else raw[torch.as_tensor(indices, device=raw.device)]
+            infos = [items[i].info for i in indices]
+            for index, det in zip(indices, detector.postprocess(select, infos, **params.as_kwargs()), strict=True):
+                results[index] = det
+        self.metrics.stage.labels("postprocess").observe(time.perf_counter() - start)
+        return results  # type: ignore[return-value]
+
+    def _gpu_batch(self, items: list[PreparedImage]) -> torch.Tensor:
+        """CUDA path: decode the batch's JPEGs with nvJPEG, letterbox on the GPU, stack with the rest."""
+        detector = self.detector
+        size = self.input_size
+        jpeg_indices = [i for i, item in enumerate(items) if item.jpeg is not None]
+        start = time.perf_counter()
+        try:
+            import torchvision.io as tvio
+
+            data = [torch.frombuffer(bytearray(items[i].jpeg), dtype=torch.uint8) for i in jpeg_indices]
+            decoded = tvio.decode_jpeg(
+                data, mode=tvio.ImageReadMode.RGB, device=detector.device, apply_exif_orientation=True
+            )
+        except Exception:  # noqa: BLE001 - nvJPEG unavailable or refused the data: decode on the CPU
+            log.warning("GPU JPEG decoding failed; decoding this batch on the CPU", exc_info=True)
+            decoded = None
+        tensors: list[torch.Tensor | None] = [None] * len(items)
+        for position, index in enumerate(jpeg_indices):
+            item = items[index]
+            if decoded is not None:
+                image = decoded[position]  # [3, H, W] uint8 on the GPU
+                letterboxed, ratio, pad = ops.letterbox_tensor(
+                    image, size, channels_last=False, dtype=detector.dtype
+                )
+                item.info = LetterboxInfo((int(image.shape[1]), int(image.shape[2])), ratio, pad)
+                tensors[index] = letterboxed
+            else:
+                rgb = codec.decode_image(item.jpeg, self.limits.max_pixels, item.where)
+                letterboxed_np, ratio, pad = ops.letterbox(rgb, size)
+                item.info = LetterboxInfo((int(rgb.shape[0]), int(rgb.shape[1])), ratio, pad)
+                item.letterboxed = letterboxed_np
+            item.jpeg = None
+        self.metrics.stage.labels("decode").observe(time.perf_counter() - start)
+        cpu_indices = [i for i, tensor in enumerate(tensors) if tensor is None]
+        if cpu_indices:
+            uploaded, _ = detector.preprocess([items[i].letterboxed for i in cpu_indices])
+            for position, index in enumerate(cpu_indices):
+                tensors[index] = uploaded[position]
+        batch = torch.stack([t.to(detector.device, detector.dtype) for t in tensors])  # type: ignore[union-attr]
+        return batch.contiguous(memory_format=torch.channels_last)
+
+    # ----- direct use (warm-up, benchmarks) ---------------------------------------------------------
+    def summary(self) -> dict[str, Any]:
+        d = self.detector
+        return {
+            "variant": d.variant,
+            "device": str(d.device),
+            "precision": d.precision,
+            "input_size": d.input_size,
+            "num_classes": d.num_classes,
+            "gpu_decode": self.gpu_decode,
+        }

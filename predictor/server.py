@@ -1,0 +1,140 @@
+"""Additions to KServe's FastAPI app (``kserve.model_server.app``), installed before ``ModelServer.start``.
+
+KServe's ``RESTServer`` registers its own routes on that module-level app when it starts; routes added
+here come first and therefore win for the same path. What is added, and why:
+
+* a request-body limit (``--max_request_bytes``) → HTTP 413 with a JSON ``{"error": ...}``;
+* ``POST /v2/models/{name}/infer``: the same KServe endpoint, except that the binary tensor extension
+  keeps ``BYTES`` elements as bytes (KServe 0.21 turns them into UTF-8 strings, which fails for images);
+* ``GET /v2/models/{name}``: KServe's metadata plus ``parameters`` (variant, class names, defaults);
+* the demo page (``--demo``), from ``predictor.demo``.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from kserve.constants.constants import INFERENCE_CONTENT_LENGTH_HEADER
+from kserve.protocol.rest.v2_datamodels import InferenceRequest
+from kserve.protocol.rest.v2_endpoints import V2Endpoints
+from pydantic import ValidationError
+
+from predictor.codec import PayloadTooLarge, RequestError, infer_request_from_binary
+
+__all__ = ["BodyLimitMiddleware", "install"]
+
+
+def _too_large(limit: int, size: int | None = None) -> JSONResponse:
+    got = f"{size} bytes" if size is not None else "more"
+    return JSONResponse(
+        status_code=HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+        content={"error": f"request body is {got}, over the limit of {limit} bytes (--max_request_bytes)"},
+    )
+
+
+async def payload_too_large_handler(_: Request, exc: PayloadTooLarge) -> JSONResponse:
+    return JSONResponse(status_code=HTTPStatus.REQUEST_ENTITY_TOO_LARGE, content={"error": str(exc)})
+
+
+class BodyLimitMiddleware:
+    """Refuse request bodies over ``max_bytes`` with 413, by Content-Length or while streaming.
+
+    An oversize body announced by Content-Length is read and discarded (chunk by chunk, so memory stays
+    bounded) before answering, so that clients that send the whole body first still see the 413.
+    """
+
+    def __init__(self, app: Any, max_bytes: int, on_reject: Any = None):
+        self.app = app
+        self.max_bytes = max_bytes
+        self.on_reject = on_reject
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = None
+        for key, value in scope.get("headers", ()):
+            if key == b"content-length":
+                try:
+                    length = int(value)
+                except ValueError:
+                    length = None
+                break
+        if length is not None and length > self.max_bytes:
+            more = True
+            while more:
+                message = await receive()
+                if message["type"] != "http.request":
+                    break
+                more = message.get("more_body", False)
+            if self.on_reject is not None:
+                self.on_reject(scope)
+            await _too_large(self.max_bytes, length)(scope, receive, send)
+            return
+        received = 0
+        limit = self.max_bytes
+
+        async def limited_receive() -> dict:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    if self.on_reject is not None:
+                        self.on_reject(scope)
+                    raise PayloadTooLarge(
+                        f"request body is over the limit of {limit} bytes (--max_request_bytes)"
+                    )
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+def install(app: FastAPI, server: Any, *, model: Any, max_request_bytes: int, demo: bool = False) -> None:
+    """Add the middleware, handlers and routes above to ``app`` (before ``server.start``)."""
+    endpoints = V2Endpoints(server.dataplane, server.model_repository_extension)
+    metrics = getattr(model, "metrics", None)
+
+    def on_reject(scope: dict) -> None:
+        if metrics is not None:
+            path = scope.get("path", "")
+            protocol = "v1" if path.startswith("/v1/") else "v2"
+            metrics.errors.labels(protocol, "payload_too_large").inc()
+
+    app.add_middleware(BodyLimitMiddleware, max_bytes=max_request_bytes, on_reject=on_reject)
+    app.add_exception_handler(PayloadTooLarge, payload_too_large_handler)
+
+    async def infer(raw_request: Request, raw_response: Response, model_name: str) -> Any:
+        body = await raw_request.body()
+        header_length = raw_request.headers.get(INFERENCE_CONTENT_LENGTH_HEADER)
+        if header_length is not None:
+            request_body: Any = infer_request_from_binary(body, header_length, model_name)
+        else:
+            try:
+                request_body = InferenceRequest.model_validate_json(body)
+            except ValidationError as error:
+                problems = "; ".join(
+                    f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in error.errors()[:5]
+                )
+                raise RequestError(f"invalid v2 inference request: {problems}", "request") from None
+        return await endpoints.infer(raw_request, raw_response, model_name, request_body)
+
+    async def model_metadata(model_name: str) -> dict[str, Any]:
+        metadata = await server.dataplane.model_metadata(model_name)
+        registered = server.dataplane.get_model_from_registry(model_name)
+        if getattr(registered, "ready", False) and hasattr(registered, "describe"):
+            metadata["platform"] = "pytorch"
+            metadata["parameters"] = registered.describe()
+        return metadata
+
+    app.router.add_api_route("/v2/models/{model_name}/infer", infer, methods=["POST"], response_model=None,
+                             tags=["V2"])
+    app.router.add_api_route("/v2/models/{model_name}", model_metadata, methods=["GET"], response_model=None,
+                             tags=["V2"])
+    if demo:
+        from predictor.demo import mount
+
+        mount(app, model_name=model.name)

@@ -1,0 +1,196 @@
+"""The KServe model: wiring only. ``load`` builds the pipeline; the three KServe steps call it.
+
+* ``preprocess``: parse the request (v1 dict, v2 REST or gRPC ``InferRequest``) with :mod:`predictor.codec`,
+  resolve the request's thresholds, decode + letterbox in the thread pool.
+* ``predict``: the dynamic batcher (:mod:`predictor.batching`) runs the forward and NMS.
+* ``postprocess``: detections → v1 JSON or v2 tensors.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import kserve
+from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+
+from predictor import codec
+from predictor.codec import DetectParams, Limits, RequestError
+from predictor.settings import PredictorSettings
+
+__all__ = ["WEIGHT_SUFFIXES", "YoloV7Model", "resolve_weights"]
+
+log = logging.getLogger("predictor")
+
+WEIGHT_SUFFIXES = (".pt", ".pth", ".safetensors")
+
+
+def resolve_weights(path: str | Path) -> Path:
+    """A checkpoint file, or a directory holding exactly one ``.pt``/``.pth``/``.safetensors`` file."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in WEIGHT_SUFFIXES)
+        if len(found) == 1:
+            return found[0]
+        if not found:
+            raise FileNotFoundError(
+                f"--weights {path}: the directory holds no checkpoint ({', '.join(WEIGHT_SUFFIXES)} file)"
+            )
+        raise ValueError(
+            f"--weights {path}: the directory holds {len(found)} checkpoints ({', '.join(p.name for p in found)}); "
+            "pass the file itself"
+        )
+    raise FileNotFoundError(f"--weights {path}: no such file or directory")
+
+
+@dataclass(eq=False)
+class _Job:
+    """One request between the KServe steps."""
+
+    protocol: str  # "v1", "v2" or "grpc"
+    request: Any
+    prepared: list[Any]
+    detections: list[Any] | None = None
+
+
+class YoloV7Model(kserve.Model):
+    def __init__(self, name: str, settings: PredictorSettings):
+        super().__init__(name)
+        self.settings = settings
+        self.pipeline: Any = None
+        self.names: list[str] = []
+        self.defaults: DetectParams | None = None
+        self.metrics: Any = None
+
+    # ----- lifecycle ----------------------------------------------------------------------------------
+    def load(self) -> bool:
+        from predictor.engine import Detector
+        from predictor.metrics import service_metrics
+        from predictor.pipeline import DetectionPipeline
+
+        s = self.settings
+        weights = resolve_weights(s.weights)
+        start = time.perf_counter()
+        detector = Detector.from_weights(
+            weights,
+            variant=s.variant or None,
+            device=s.device,
+            precision=s.precision,
+            input_size=s.input_size or None,
+            accel=s.accel,
+        )
+        self.names = list(detector.names)
+        self.defaults = DetectParams(
+            conf=s.conf_threshold,
+            iou=s.iou_threshold,
+            max_det=s.max_detections,
+            classes=codec.resolve_classes(list(s.classes), self.names, "--classes") if s.classes else None,
+        )
+        self.metrics = service_metrics()
+        self.pipeline = DetectionPipeline(
+            detector,
+            limits=Limits(s.max_images_per_request, s.max_image_pixels, s.max_request_bytes),
+            max_batch_size=s.max_batch_size,
+            max_batch_delay_s=s.max_batch_delay_ms / 1000.0,
+            metrics=self.metrics,
+        )
+        if s.warmup:
+            sizes = sorted({1, s.max_batch_size}) if detector.device.type == "cuda" else [1]
+            detector.warmup(sizes)
+        log.info(
+            "model %r ready: weights %s, variant %s, device %s, precision %s, input size %d, %d classes, "
+            "accel %s, max batch %d, max delay %.1f ms (loaded in %.1f s)",
+            self.name, weights, detector.variant, detector.device, detector.precision, detector.input_size,
+            detector.num_classes, detector.accel, s.max_batch_size, s.max_batch_delay_ms,
+            time.perf_counter() - start,
+        )
+        self.ready = True
+        return self.ready
+
+    # ----- metadata -----------------------------------------------------------------------------------
+    def get_input_types(self) -> list[dict]:
+        return [{"name": "images", "datatype": "BYTES", "shape": [-1]}]
+
+    def get_output_types(self) -> list[dict]:
+        return [{"name": name, "datatype": dtype, "shape": shape} for name, dtype, shape in codec.V2_OUTPUTS]
+
+    def describe(self) -> dict[str, Any]:
+        """Extra model metadata (REST ``GET /v2/models/{name}`` → ``parameters``)."""
+        d = self.pipeline.detector
+        defaults = self.defaults
+        return {
+            "variant": d.variant,
+            "device": str(d.device),
+            "precision": d.precision,
+            "input_size": d.input_size,
+            "num_classes": d.num_classes,
+            "class_names": list(self.names),
+            "confidence": defaults.conf,
+            "iou": defaults.iou,
+            "max_detections": defaults.max_det,
+            "classes": None if defaults.classes is None else list(defaults.classes),
+            "max_batch_size": self.settings.max_batch_size,
+            "max_images_per_request": self.settings.max_images_per_request,
+            "max_image_pixels": self.settings.max_image_pixels,
+            "max_request_bytes": self.settings.max_request_bytes,
+            "input_datatypes": ["BYTES", "UINT8"],
+            "image_formats": ["JPEG", "PNG", "BMP", "WebP"],
+        }
+
+    # ----- the three steps ----------------------------------------------------------------------------
+    def validate(self, payload: Any) -> Any:
+        return payload  # preprocess validated it already and returns a _Job
+
+    async def preprocess(self, payload: Any, headers: dict[str, str] | None = None) -> _Job:
+        limits = self.pipeline.limits
+        if isinstance(payload, InferRequest):
+            protocol = "grpc" if payload.from_grpc else "v2"
+        else:
+            protocol = "v1"
+        self.metrics.requests.labels(protocol).inc()
+        try:
+            if protocol == "v1":
+                sources, raw_params = codec.parse_v1(payload, limits)
+            else:
+                sources = codec.parse_v2(payload, limits)
+                raw_params = codec.grpc_parameters(payload.parameters)
+            params = codec.resolve_params(raw_params, self.defaults, self.names)
+            prepared = await self.pipeline.prepare(sources, params)
+        except RequestError as error:
+            self.metrics.errors.labels(protocol, error.code).inc()
+            raise
+        self.metrics.images.inc(len(prepared))
+        return _Job(protocol=protocol, request=payload, prepared=prepared)
+
+    async def predict(self, job: _Job, headers: dict[str, str] | None = None) -> _Job:
+        job.detections = await self.pipeline.detect(job.prepared)
+        return job
+
+    async def postprocess(self, job: _Job, headers: dict[str, str] | None = None) -> Any:
+        sizes = [item.size for item in job.prepared]
+        if job.protocol == "v1":
+            return codec.v1_response(job.detections, sizes, self.names)
+        request: InferRequest = job.request
+        arrays = codec.v2_output_arrays(job.detections, sizes, self.names)
+        outputs = []
+        for name, datatype, _ in codec.V2_OUTPUTS:
+            array = arrays[name]
+            output = InferOutput(name=name, shape=list(array.shape), datatype=datatype)
+            output.set_data_from_numpy(array, binary_data=request.use_binary_outputs)
+            outputs.append(output)
+        return InferResponse(
+            response_id=request.id or "",
+            model_name=self.name,
+            infer_outputs=outputs,
+            from_grpc=request.from_grpc,
+            use_binary_outputs=request.use_binary_outputs,
+            requested_outputs=request.request_outputs,
+        )
+
+    def stop(self) -> None:
+        self.ready = False

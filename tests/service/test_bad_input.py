@@ -1,0 +1,199 @@
+"""A corpus of bad requests over REST v2, REST v1 and gRPC: each is refused with 400 (or 413) and a
+message naming the problem; the server keeps serving and its memory stays bounded."""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from dataclasses import dataclass
+
+import grpc
+import httpx
+import numpy as np
+import pytest
+from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
+
+from tests.service.helpers import MAX_IMAGES, MAX_REQUEST_BYTES, b64, v2_outputs, v2_request
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+@dataclass(frozen=True)
+class BadImage:
+    name: str
+    data: bytes
+    message: str
+
+
+def bad_images(bus: bytes) -> list[BadImage]:
+    return [
+        BadImage("zero bytes", b"", "empty (0 bytes)"),
+        BadImage("non-image bytes", b"%PDF-1.4 definitely not an image", "not a JPEG, PNG, BMP or WebP image"),
+        BadImage("truncated JPEG", bus[: len(bus) // 2], "truncated JPEG"),
+        BadImage("JPEG header only", bus[:600], "truncated JPEG"),
+        BadImage("decompression bomb PNG", _png_claiming(100_000, 100_000), "10000000000 pixels is over the limit"),
+        BadImage("PNG over the pixel limit", _png_claiming(3000, 2000), "6000000 pixels is over the limit"),
+    ]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: int  # HTTP status (gRPC: mapped from the status code)
+    message: str
+
+
+GRPC_TO_HTTP = {grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.RESOURCE_EXHAUSTED: 413}
+
+
+def _rest(client: httpx.Client, url: str, **kwargs) -> Outcome:
+    response = client.post(url, **kwargs)
+    try:
+        message = response.json().get("error", response.text)
+    except ValueError:
+        message = response.text
+    return Outcome(response.status_code, str(message))
+
+
+def _grpc(stub, request: pb.ModelInferRequest) -> Outcome:
+    try:
+        stub.ModelInfer(request, timeout=60)
+    except grpc.RpcError as error:
+        return Outcome(GRPC_TO_HTTP.get(error.code(), 500), f"{error.code().name}: {error.details()}")
+    return Outcome(200, "")
+
+
+def _grpc_bytes(*items: bytes, parameters: dict | None = None, datatype: str = "BYTES", shape=None):
+    tensor = pb.ModelInferRequest.InferInputTensor(
+        name="images", datatype=datatype, shape=shape if shape is not None else [len(items)],
+        contents=pb.InferTensorContents(bytes_contents=list(items)),
+    )
+    params = {k: pb.InferParameter(string_param=str(v)) for k, v in (parameters or {}).items()}
+    return pb.ModelInferRequest(model_name="yolov7", inputs=[tensor], parameters=params)
+
+
+def test_bad_input_corpus(server, images):
+    bus = images["bus"]
+    good = images["zidane"]
+    oversize = b"\xff\xd8\xff" + bytes(MAX_REQUEST_BYTES)  # body over --max_request_bytes
+    cases: list[tuple[str, callable, int, str]] = []  # (name, send, status, message)
+
+    with httpx.Client(timeout=120) as client, grpc.insecure_channel(
+        server.grpc_target, options=[("grpc.max_send_message_length", 64 * 1024 * 1024)]
+    ) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        v2, v1 = server.infer_url, server.predict_url
+
+        # warm up, then measure the server's memory before the corpus
+        assert client.post(v2, json=v2_request(good)).status_code == 200
+        rss_before = server.rss_bytes()
+
+        for bad in bad_images(bus):
+            cases += [
+                (f"v2 {bad.name}", lambda b=bad: _rest(client, v2, json=v2_request(b.data)), 400, bad.message),
+                (f"v1 {bad.name}", lambda b=bad: _rest(client, v1, json={"instances": [{"image": {"b64": b64(b.data)}}]}),
+                 400, bad.message),
+                (f"grpc {bad.name}", lambda b=bad: _grpc(stub, _grpc_bytes(b.data)), 400, bad.message),
+                (f"v2 second image {bad.name}", lambda b=bad: _rest(client, v2, json=v2_request(good, b.data)),
+                 400, "image 1"),
+            ]
+
+        invalid_b64 = {"inputs": [{"name": "images", "shape": [1], "datatype": "BYTES", "data": ["***not base64***"]}]}
+        fp32 = {"inputs": [{"name": "images", "shape": [1, 3], "datatype": "FP32", "data": [0.1, 0.2, 0.3]}]}
+        bad_shape = {"inputs": [{"name": "images", "shape": [3], "datatype": "BYTES", "data": [b64(good)]}]}
+        uint8_shape = {"inputs": [{"name": "images", "shape": [1, 4, 4], "datatype": "UINT8", "data": [0] * 48}]}
+        two_inputs = {"inputs": [v2_request(good)["inputs"][0], {**v2_request(good)["inputs"][0], "name": "more"}]}
+        too_many = v2_request(*([good] * (MAX_IMAGES + 1)))
+        cases += [
+            ("v2 invalid base64", lambda: _rest(client, v2, json=invalid_b64), 400, "invalid base64"),
+            ("v1 invalid base64", lambda: _rest(client, v1, json={"instances": ["%%%"]}), 400, "invalid base64"),
+            ("v2 wrong datatype", lambda: _rest(client, v2, json=fp32), 400, "datatype FP32; expected BYTES"),
+            ("grpc wrong datatype", lambda: _grpc(stub, pb.ModelInferRequest(
+                model_name="yolov7", inputs=[pb.ModelInferRequest.InferInputTensor(
+                    name="images", datatype="FP32", shape=[1], contents=pb.InferTensorContents(fp32_contents=[1.0]))])),
+             400, "datatype FP32"),
+            ("v2 wrong shape", lambda: _rest(client, v2, json=bad_shape), 400, "shape [3] says 3 elements but 1"),
+            ("grpc wrong shape", lambda: _grpc(stub, _grpc_bytes(good, shape=[2])), 400, "says 2 elements but 1"),
+            ("v2 UINT8 wrong shape", lambda: _rest(client, v2, json=uint8_shape), 400, "[N, H, W, 3]"),
+            ("v2 two inputs", lambda: _rest(client, v2, json=two_inputs), 400, "exactly one input tensor"),
+            ("v2 not JSON", lambda: _rest(client, v2, content=b"{nope", headers={"content-type": "application/json"}),
+             400, "invalid v2 inference request"),
+            ("v2 no inputs", lambda: _rest(client, v2, json={"id": "x"}), 400, "inputs"),
+            ("v1 no instances", lambda: _rest(client, v1, json={"inputs": []}), 400, '"instances" to be a list'),
+            ("v2 confidence > 1", lambda: _rest(client, v2, json=v2_request(good, parameters={"confidence": 1.5})),
+             400, "'confidence' must be in [0, 1]"),
+            ("v2 iou < 0", lambda: _rest(client, v2, json=v2_request(good, parameters={"iou": -0.2})),
+             400, "'iou' must be in [0, 1]"),
+            ("v1 confidence not a number", lambda: _rest(client, v1, json={"instances": [b64(good)],
+                                                                          "parameters": {"confidence": "high"}}),
+             400, "'confidence' must be a number"),
+            ("grpc iou > 1", lambda: _grpc(stub, _grpc_bytes(good, parameters={"iou": "7"})), 400, "'iou' must be in"),
+            ("v2 unknown class", lambda: _rest(client, v2, json=v2_request(good, parameters={"classes": "person,unicorn"})),
+             400, "unknown class name 'unicorn'"),
+            ("v1 class id out of range", lambda: _rest(client, v1, json={"instances": [b64(good)],
+                                                                         "parameters": {"classes": [80]}}),
+             400, "class id 80 is out of range"),
+            ("grpc unknown class", lambda: _grpc(stub, _grpc_bytes(good, parameters={"classes": "dragon"})),
+             400, "unknown class name 'dragon'"),
+            ("v2 too many images", lambda: _rest(client, v2, json=too_many), 400, f"at most {MAX_IMAGES} are accepted"),
+            ("v1 too many images", lambda: _rest(client, v1, json={"instances": [b64(good)] * (MAX_IMAGES + 1)}),
+             400, f"at most {MAX_IMAGES}"),
+            ("grpc too many images", lambda: _grpc(stub, _grpc_bytes(*([good] * (MAX_IMAGES + 1)))), 400, "at most"),
+            ("v2 body over the byte limit", lambda: _rest(client, v2, json=v2_request(oversize)), 413,
+             f"over the limit of {MAX_REQUEST_BYTES} bytes"),
+            ("v1 body over the byte limit", lambda: _rest(client, v1, json={"instances": [b64(oversize)]}), 413,
+             f"over the limit of {MAX_REQUEST_BYTES} bytes"),
+            ("v2 binary over the byte limit", lambda: _rest(
+                client, v2, content=b"{}" + oversize, headers={"Inference-Header-Content-Length": "2"}),
+             413, "over the limit"),
+            ("grpc message over the byte limit", lambda: _grpc(stub, _grpc_bytes(oversize + bytes(100_000))), 413,
+             "RESOURCE_EXHAUSTED"),
+            ("v2 binary header length outside body", lambda: _rest(
+                client, v2, content=b'{"inputs": []}', headers={"Inference-Header-Content-Length": "500"}),
+             400, "outside the"),
+            ("v2 binary size does not fit", lambda: _rest(
+                client, v2, content=json.dumps({"inputs": [{"name": "images", "shape": [1], "datatype": "BYTES",
+                                                            "parameters": {"binary_data_size": 1000}}]}).encode()
+                + b"\0" * 10, headers={"Inference-Header-Content-Length": "104"}),
+             400, ""),
+        ]
+
+        problems = []
+        for name, send, status, message in cases:
+            outcome = send()
+            if outcome.status != status or message not in outcome.message:
+                problems.append(f"{name}: got {outcome.status} {outcome.message!r}, expected {status} with {message!r}")
+        assert not problems, "\n".join(problems)
+
+        # still serving, and a good request after the corpus is answered correctly
+        response = client.post(v2, json=v2_request(good))
+        assert response.status_code == 200, response.text
+        assert v2_outputs(response.json())["num_detections"][0] > 0
+        growth = server.rss_bytes() - rss_before
+        assert growth < 150 * 1024 * 1024, f"server RSS grew by {growth / 2**20:.0f} MiB over the bad-input corpus"
+        assert server.alive()
+
+
+@pytest.mark.parametrize("path", ["/v2/models/nope/infer", "/v1/models/nope:predict"])
+def test_unknown_model_is_404(server, images, path):
+    with httpx.Client(timeout=60) as client:
+        body = v2_request(images["zidane"]) if "v2" in path else {"instances": [b64(images["zidane"])]}
+        assert client.post(server.http_url + path, json=body).status_code == 404
+
+
+def test_pixels_tensor_memory_is_bounded_by_the_limit(server):
+    """A UINT8 tensor declaring a huge image is refused from its shape, before its data is read."""
+    with httpx.Client(timeout=60) as client:
+        body = {"inputs": [{"name": "pixels", "shape": [1, 50_000, 50_000, 3], "datatype": "UINT8",
+                            "data": [0, 0, 0]}]}
+        response = client.post(server.infer_url, json=body)
+    assert response.status_code == 400
+    assert "pixels is over the limit" in response.json()["error"]
+    assert np.prod([50_000, 50_000]) > 4_000_000

@@ -1,0 +1,124 @@
+"""predictor.batching.DynamicBatcher: coalescing, ordering, isolation, errors, cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from predictor.batching import DynamicBatcher
+
+
+class Recorder:
+    """A process function that records every batch it gets (and which thread ran it)."""
+
+    def __init__(self, fail_on: object | None = None):
+        self.batches: list[list[object]] = []
+        self.threads: set[str] = set()
+        self.fail_on = fail_on
+        self.release = threading.Event()
+        self.release.set()
+
+    def __call__(self, items: list[object]) -> list[object]:
+        self.release.wait(5)
+        self.threads.add(threading.current_thread().name)
+        self.batches.append(list(items))
+        if self.fail_on is not None and self.fail_on in items:
+            raise ValueError(f"cannot process {self.fail_on!r}")
+        return [("done", item) for item in items]
+
+
+async def test_concurrent_requests_coalesce_and_get_their_own_results():
+    recorder = Recorder()
+    batcher = DynamicBatcher(recorder, max_batch_size=8, max_delay_s=0.2)
+    try:
+        requests = [[f"r{r}-i{i}" for i in range(r % 3 + 1)] for r in range(6)]  # 1..3 items each, 12 total
+        results = await asyncio.gather(*(batcher.submit(items) for items in requests))
+    finally:
+        await batcher.close()
+    for items, result in zip(requests, results, strict=True):
+        assert result == [("done", item) for item in items]
+    assert sum(len(batch) for batch in recorder.batches) == 12
+    assert max(len(batch) for batch in recorder.batches) == 8  # full batch formed
+    assert all(len(batch) <= 8 for batch in recorder.batches)
+    assert batcher.batches == len(recorder.batches) and batcher.largest_batch == 8
+    assert len(recorder.threads) == 1  # one worker thread
+
+
+async def test_zero_delay_still_batches_what_queued_during_a_forward():
+    recorder = Recorder()
+    recorder.release.clear()  # hold the first batch in the worker
+    batcher = DynamicBatcher(recorder, max_batch_size=4, max_delay_s=0.0)
+    try:
+        first = asyncio.ensure_future(batcher.submit(["a"]))
+        await asyncio.sleep(0.05)
+        rest = [asyncio.ensure_future(batcher.submit([name])) for name in "bcde"]
+        await asyncio.sleep(0.05)
+        recorder.release.set()
+        await asyncio.gather(first, *rest)
+    finally:
+        await batcher.close()
+    assert recorder.batches[0] == ["a"]
+    assert recorder.batches[1] == ["b", "c", "d", "e"]
+
+
+async def test_large_request_is_split_across_batches_in_order():
+    recorder = Recorder()
+    batcher = DynamicBatcher(recorder, max_batch_size=3, max_delay_s=0.01)
+    try:
+        result = await batcher.submit(list(range(10)))
+    finally:
+        await batcher.close()
+    assert result == [("done", i) for i in range(10)]
+    assert [len(batch) for batch in recorder.batches] == [3, 3, 3, 1]
+
+
+async def test_a_failing_batch_fails_only_its_requests():
+    recorder = Recorder(fail_on="bad")
+    batcher = DynamicBatcher(recorder, max_batch_size=1, max_delay_s=0.0)
+    try:
+        outcomes = await asyncio.gather(batcher.submit(["bad"]), batcher.submit(["good"]), return_exceptions=True)
+        assert isinstance(outcomes[0], ValueError) and "cannot process 'bad'" in str(outcomes[0])
+        assert outcomes[1] == [("done", "good")]
+        assert await batcher.submit(["after"]) == [("done", "after")]  # still serving
+    finally:
+        await batcher.close()
+
+
+async def test_cancelled_request_is_dropped_before_processing():
+    recorder = Recorder()
+    recorder.release.clear()
+    batcher = DynamicBatcher(recorder, max_batch_size=4, max_delay_s=0.0)
+    try:
+        first = asyncio.ensure_future(batcher.submit(["first"]))
+        await asyncio.sleep(0.05)
+        doomed = asyncio.ensure_future(batcher.submit(["doomed"]))
+        kept = asyncio.ensure_future(batcher.submit(["kept"]))
+        await asyncio.sleep(0.01)
+        doomed.cancel()
+        recorder.release.set()
+        assert await kept == [("done", "kept")]
+        await first
+    finally:
+        await batcher.close()
+    assert ["doomed"] not in recorder.batches and all("doomed" not in batch for batch in recorder.batches)
+
+
+async def test_on_batch_hook_and_bad_results():
+    sizes: list[int] = []
+    batcher = DynamicBatcher(lambda items: items[:-1], max_batch_size=4, max_delay_s=0.05,
+                             on_batch=lambda size, waited: sizes.append(size))
+    try:
+        with pytest.raises(RuntimeError, match="returned 1 results for 2 items"):
+            await batcher.submit(["x", "y"])
+    finally:
+        await batcher.close()
+    assert sizes == [2]
+
+
+def test_invalid_configuration():
+    with pytest.raises(ValueError, match="max_batch_size"):
+        DynamicBatcher(list, max_batch_size=0, max_delay_s=0)
+    with pytest.raises(ValueError, match="max_delay_s"):
+        DynamicBatcher(list, max_batch_size=1, max_delay_s=-1)

@@ -1,0 +1,247 @@
+"""Unit tests for predictor.ops: letterbox geometry, box maths and NMS semantics (synthetic data)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from predictor import ops
+
+
+def _image(h: int, w: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+
+
+# ---------------------------------------------------------------- letterbox
+@pytest.mark.parametrize(
+    "shape, new_shape, resized, pad, borders",
+    [
+        ((1080, 810), 640, (640, 480), (80.0, 0.0), (0, 0, 80, 80)),
+        ((640, 431), 640, (640, 431), (104.5, 0.0), (0, 0, 104, 105)),  # odd padding: round(x ± 0.1)
+        ((720, 1280), 640, (360, 640), (0.0, 140.0), (140, 140, 0, 0)),
+        ((100, 200), (320, 640), (320, 640), (0.0, 0.0), (0, 0, 0, 0)),  # upscaled, exact fit
+        ((100, 201), 640, (318, 640), (0.0, 161.0), (161, 161, 0, 0)),  # round(100 · 640/201) = 318
+    ],
+)
+def test_letterbox_geometry(shape, new_shape, resized, pad, borders):
+    geo = ops.letterbox_geometry(shape, new_shape)
+    assert geo.resized == resized
+    assert geo.pad == pad
+    assert geo.borders == borders
+    expected_canvas = (new_shape, new_shape) if isinstance(new_shape, int) else new_shape
+    assert geo.canvas == expected_canvas
+
+
+def test_letterbox_places_resized_image_and_pads_with_color():
+    import cv2
+
+    img = _image(300, 500)
+    out, ratio, pad = ops.letterbox(img, 640, color=(1, 2, 3))
+    r = 640 / 500
+    assert ratio == (r, r)
+    new_h = round(300 * r)  # 384
+    assert out.shape == (640, 640, 3) and out.dtype == np.uint8
+    top = round((640 - new_h) / 2 - 0.1)
+    assert pad == (0.0, (640 - new_h) / 2)
+    np.testing.assert_array_equal(out[top : top + new_h], cv2.resize(img, (640, new_h)))
+    assert (out[:top] == np.array([1, 2, 3], np.uint8)).all()
+    assert (out[top + new_h :] == np.array([1, 2, 3], np.uint8)).all()
+
+
+def test_letterbox_no_resize_when_size_matches_is_a_pure_copy():
+    img = _image(640, 320)
+    out, ratio, pad = ops.letterbox(img, 640)
+    assert ratio == (1.0, 1.0) and pad == (160.0, 0.0)
+    np.testing.assert_array_equal(out[:, 160:480], img)
+    assert out.base is not img and not np.shares_memory(out, img)
+
+
+def test_letterbox_auto_gives_minimal_rectangle():
+    out, _, pad = ops.letterbox(_image(480, 640), 640, auto=True, stride=32)
+    assert out.shape == (480, 640, 3) and pad == (0.0, 0.0)
+    out, _, pad = ops.letterbox(_image(500, 640), 640, auto=True, stride=32)
+    assert out.shape == (512, 640, 3) and pad == (0.0, 6.0)
+    assert out.shape[0] % 32 == 0 and out.shape[1] % 32 == 0
+
+
+def test_letterbox_scaleup_false_never_enlarges():
+    out, ratio, pad = ops.letterbox(_image(100, 200), 640, scaleup=False)
+    assert ratio == (1.0, 1.0)
+    assert out.shape == (640, 640, 3)
+    assert pad == (220.0, 270.0)
+
+
+def test_letterbox_rejects_bad_input():
+    with pytest.raises(ValueError, match="HxWxC"):
+        ops.letterbox(np.zeros((10, 10), np.uint8))
+    with pytest.raises(ValueError, match="new_shape"):
+        ops.letterbox(_image(10, 10), (640, 640, 3))
+    with pytest.raises(ValueError, match="positive"):
+        ops.letterbox(_image(10, 10), 0)
+
+
+@pytest.mark.parametrize("shape", [(300, 500), (1080, 810), (640, 640), (17, 1000)])
+@pytest.mark.parametrize("hwc", [True, False])
+def test_letterbox_tensor_matches_opencv_within_one_grey_level(shape, hwc):
+    img = _image(*shape, seed=3)
+    ref, ratio, pad = ops.letterbox(img, 640)
+    t = torch.from_numpy(img)
+    out, ratio_t, pad_t = ops.letterbox_tensor(t if hwc else t.permute(2, 0, 1), 640)
+    assert (ratio_t, pad_t) == (ratio, pad)
+    assert out.shape == (3, 640, 640) and out.dtype == torch.uint8
+    diff = (out.permute(1, 2, 0).int() - torch.from_numpy(ref).int()).abs()
+    assert diff.max().item() <= 1
+
+
+def test_letterbox_tensor_float_output_is_unit_range():
+    img = _image(300, 500)
+    u8, _, _ = ops.letterbox_tensor(torch.from_numpy(img), 320)
+    f, _, _ = ops.letterbox_tensor(torch.from_numpy(img), 320, dtype=torch.float32)
+    assert f.dtype == torch.float32 and 0.0 <= f.min() and f.max() <= 1.0
+    assert (f * 255 - u8.float()).abs().max() <= 0.5 + 1e-3
+    assert f[0, 0, 0].item() == pytest.approx(114 / 255)
+
+
+# ---------------------------------------------------------------- boxes
+def test_xywh_to_xyxy():
+    b = torch.tensor([[10.0, 20.0, 4.0, 6.0], [0.0, 0.0, 2.0, 2.0]])
+    assert torch.equal(ops.xywh_to_xyxy(b), torch.tensor([[8.0, 17.0, 12.0, 23.0], [-1.0, -1.0, 1.0, 1.0]]))
+    assert ops.xywh_to_xyxy(torch.zeros(2, 5, 4)).shape == (2, 5, 4)
+    with pytest.raises(ValueError):
+        ops.xywh_to_xyxy(torch.zeros(3, 5))
+
+
+def test_clip_boxes_in_place():
+    b = torch.tensor([[-5.0, -1.0, 700.0, 50.0]])
+    out = ops.clip_boxes(b, (40, 640))
+    assert out is b
+    assert torch.equal(b, torch.tensor([[0.0, 0.0, 640.0, 40.0]]))
+
+
+def test_scale_boxes_inverts_letterbox_and_matches_recomputed_pad():
+    h0, w0 = 300, 500
+    _, ratio, pad = ops.letterbox(_image(h0, w0), 640)
+    orig = torch.tensor([[10.0, 20.0, 110.0, 220.0], [0.0, 0.0, 500.0, 300.0]])
+    lb = orig.clone()
+    lb[:, 0::2] = lb[:, 0::2] * ratio[0] + pad[0]
+    lb[:, 1::2] = lb[:, 1::2] * ratio[1] + pad[1]
+    back = ops.scale_boxes(lb, (640, 640), (h0, w0), (ratio, pad))
+    torch.testing.assert_close(back, orig)
+    torch.testing.assert_close(ops.scale_boxes(lb, (640, 640), (h0, w0)), orig)
+    assert torch.equal(lb[0], lb[0].clone())  # input not modified
+    outside = torch.tensor([[-50.0, -50.0, 700.0, 700.0]])
+    assert torch.equal(
+        ops.scale_boxes(outside, (640, 640), (h0, w0)), torch.tensor([[0.0, 0.0, 500.0, 300.0]])
+    )
+
+
+# ---------------------------------------------------------------- NMS
+def _row(cx, cy, w, h, obj, cls_probs, nc=4):
+    p = [0.0] * nc
+    for k, v in cls_probs.items():
+        p[k] = v
+    return [cx, cy, w, h, obj, *p]
+
+
+def _pred(rows, nc=4):
+    return torch.tensor([rows], dtype=torch.float32).reshape(1, len(rows), 5 + nc)
+
+
+def test_nms_score_is_obj_times_best_class_and_box_is_xyxy():
+    pred = _pred([_row(50, 50, 20, 10, 0.8, {1: 0.5, 2: 0.9})])
+    (det,) = ops.non_max_suppression(pred, 0.25, 0.45)
+    assert det.shape == (1, 6) and det.dtype == torch.float32
+    torch.testing.assert_close(det[0], torch.tensor([40.0, 45.0, 60.0, 55.0, 0.72, 2.0]))
+
+
+def test_nms_candidates_need_objectness_above_conf_and_score_above_conf():
+    pred = _pred(
+        [
+            _row(10, 10, 5, 5, 0.25, {0: 1.0}),  # obj == conf: not a candidate
+            _row(100, 100, 5, 5, 0.5, {0: 0.4}),  # score 0.2 <= conf: dropped
+            _row(200, 200, 5, 5, 0.5, {0: 0.6}),  # score 0.3: kept
+        ]
+    )
+    (det,) = ops.non_max_suppression(pred, 0.25, 0.45)
+    assert det.shape[0] == 1 and det[0, 4].item() == pytest.approx(0.3)
+
+
+def test_nms_class_aware_vs_agnostic_and_class_filter():
+    rows = [
+        _row(50, 50, 20, 20, 0.9, {0: 1.0}),
+        _row(51, 50, 20, 20, 0.8, {0: 1.0}),  # same class, overlaps: suppressed
+        _row(50, 51, 20, 20, 0.7, {3: 1.0}),  # other class, overlaps: kept unless agnostic
+    ]
+    (det,) = ops.non_max_suppression(_pred(rows), 0.25, 0.45)
+    assert det[:, 5].tolist() == [0.0, 3.0]
+    assert det[:, 4].tolist() == pytest.approx([0.9, 0.7])
+    (det,) = ops.non_max_suppression(_pred(rows), 0.25, 0.45, agnostic=True)
+    assert det[:, 5].tolist() == [0.0]
+    (det,) = ops.non_max_suppression(_pred(rows), 0.25, 0.45, classes=[3])
+    assert det[:, 5].tolist() == [3.0]
+    (det,) = ops.non_max_suppression(_pred(rows), 0.25, 0.45, classes=[1, 2])
+    assert det.shape == (0, 6)
+
+
+def test_nms_iou_threshold_is_respected():
+    a = _row(50, 50, 20, 20, 0.9, {0: 1.0})
+    b = _row(60, 50, 20, 20, 0.8, {0: 1.0})  # IoU = 10·20 / (2·400 − 200) = 1/3
+    (det,) = ops.non_max_suppression(_pred([a, b]), 0.25, 0.3)
+    assert det.shape[0] == 1
+    (det,) = ops.non_max_suppression(_pred([a, b]), 0.25, 0.34)
+    assert det.shape[0] == 2
+
+
+def test_nms_max_det_and_max_candidates_keep_highest_scores():
+    rows = [_row(30 * i + 10, 10, 10, 10, 0.3 + 0.01 * i, {i % 4: 1.0}) for i in range(50)]
+    (det,) = ops.non_max_suppression(_pred(rows), 0.25, 0.45, max_det=5)
+    assert det.shape[0] == 5
+    assert det[:, 4].tolist() == pytest.approx([0.3 + 0.01 * i for i in range(49, 44, -1)])
+    (det,) = ops.non_max_suppression(_pred(rows), 0.25, 0.45, max_candidates=3)
+    assert det[:, 4].tolist() == pytest.approx([0.79, 0.78, 0.77])
+
+
+def test_nms_batch_equals_each_image_alone_and_handles_empty_images():
+    g = torch.Generator().manual_seed(0)
+    n, r, nc = 4, 500, 6
+    pred = torch.rand(n, r, 5 + nc, generator=g)
+    pred[..., :2] *= 640
+    pred[..., 2:4] *= 80
+    pred[2, :, 4] = 0.0  # image 2: nothing passes
+    batch = ops.non_max_suppression(pred, 0.3, 0.5)
+    assert len(batch) == n and batch[2].shape == (0, 6)
+    for i in range(n):
+        (alone,) = ops.non_max_suppression(pred[i : i + 1], 0.3, 0.5)
+        assert torch.equal(batch[i], alone)
+        if alone.shape[0]:
+            assert (alone[:-1, 4] >= alone[1:, 4]).all()
+
+
+def test_nms_accepts_fp16_and_returns_float32():
+    pred = _pred([_row(50, 50, 20, 10, 0.8, {1: 0.9})]).half()
+    (det,) = ops.non_max_suppression(pred)
+    assert det.dtype == torch.float32 and det.shape == (1, 6)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"conf_thres": 1.5}, "conf_thres"),
+        ({"iou_thres": -0.1}, "iou_thres"),
+        ({"conf_thres": "x"}, "conf_thres"),
+        ({"max_det": 0}, "max_det"),
+        ({"classes": [4]}, "class ids"),
+    ],
+)
+def test_nms_rejects_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ops.non_max_suppression(_pred([_row(1, 1, 1, 1, 0.9, {0: 1.0})]), **kwargs)
+
+
+def test_nms_rejects_bad_shape():
+    with pytest.raises(ValueError, match="5 \\+ num_classes"):
+        ops.non_max_suppression(torch.zeros(10, 85))
+    with pytest.raises(ValueError, match="5 \\+ num_classes"):
+        ops.non_max_suppression(torch.zeros(1, 10, 5))
