@@ -5,7 +5,8 @@
 #   docker build --target predictor --build-arg WEIGHTS=yolov7 -t yolo-v7:1.0.0 .   (make build)
 #   docker build --target operator -t yolo-v7-operator:1.0.0 .
 #
-# predictor  the KServe model server (python -m predictor) with CUDA-capable torch from PyPI; official
+# predictor  the KServe model server (python -m predictor) with CUDA-capable torch from PyPI (torch 2.14.1
+#            brings the CUDA 13 runtime as nvidia-* wheels: GPU nodes need only an NVIDIA driver >= 580); official
 #            weights optionally baked in at /opt/yolo-v7/weights/<variant>.pt (WEIGHTS=none: none baked).
 # operator   the kopf operator (yolo-v7-operator): kopf + kubernetes + predictor.settings only, no torch.
 #

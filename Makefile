@@ -72,15 +72,19 @@ lint: $(STAMP) ## ruff, hadolint on the Dockerfile, helm lint --strict on the ch
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/hadolint Dockerfile
 	$(PY) -m tests.tools.helm lint --strict charts/yolo-v7
+	for f in charts/yolo-v7/ci/*-values.yaml; do $(PY) -m tests.tools.helm lint --strict charts/yolo-v7 -f $$f || exit 1; done
 
 bench: $(STAMP) ## Run the benchmarks; JSON results in bench-results/
 	mkdir -p bench-results
 	$(PY) -m tests.bench.run --out bench-results
 
-build: ## Build the predictor image yolo-v7:$(VERSION) (weights baked in) and the operator image
-	$(MAKE) --no-print-directory weights WEIGHTS=$(WEIGHTS)
-	docker build --target predictor --build-arg WEIGHTS=$(WEIGHTS) -t $(IMAGE):$(VERSION) .
-	docker build --target operator -t $(OPERATOR_IMAGE):$(VERSION) .
+BUILD_ARGS = --build-arg VERSION=$(VERSION) --build-arg REVISION=$$(git rev-parse HEAD 2>/dev/null || echo unknown) \
+             --build-arg CREATED=$$(date -u +%Y-%m-%dT%H:%M:%SZ)
+
+build: ## Build the predictor image yolo-v7:$(VERSION) (WEIGHTS baked in; none = no weights) and the operator image
+	[ "$(WEIGHTS)" = none ] || $(MAKE) --no-print-directory weights WEIGHTS=$(WEIGHTS)
+	docker build --target predictor --build-arg WEIGHTS=$(WEIGHTS) $(BUILD_ARGS) -t $(IMAGE):$(VERSION) .
+	docker build --target operator $(BUILD_ARGS) -t $(OPERATOR_IMAGE):$(VERSION) .
 
 push: ## Tag and push both images to $(REGISTRY)/$(REPO)
 	docker tag $(IMAGE):$(VERSION) $(REGISTRY)/$(REPO)/$(IMAGE):$(VERSION)

@@ -5,7 +5,8 @@ task on the event loop takes the oldest waiting item, waits until ``max_batch_si
 or ``max_delay_s`` has passed since that item arrived, and hands the batch to ``process`` in ONE
 dedicated worker thread (so the event loop stays responsive and forwards never overlap). While a batch
 runs, new items queue up and form the next batch. Results go back to each item's own future, in order,
-so requests never see each other's results; an exception in ``process`` fails only that batch's items.
+so requests never see each other's results; an exception raised by ``process`` fails that batch's items,
+and an exception *returned* in an item's place fails that item alone.
 
 The batcher knows nothing about images or models: ``process(list[T]) -> list[R]`` does the work.
 """
@@ -166,7 +167,11 @@ class DynamicBatcher(Generic[T, R]):
                         pending.future.set_exception(error)
                 continue
             for pending, result in zip(batch, results, strict=True):
-                if not pending.future.done():
+                if pending.future.done():
+                    continue
+                if isinstance(result, BaseException):  # this item's own failure
+                    pending.future.set_exception(result)
+                else:
                     pending.future.set_result(result)
 
     def _run(self, batch: list[_Pending[T]], waited: float) -> Sequence[Any]:

@@ -107,6 +107,7 @@ class ImageInfo:
     format: str  # "jpeg", "png", "bmp", "webp"
     width: int
     height: int
+    orientation: int = 1  # EXIF orientation of a JPEG (1 = as stored)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -116,8 +117,30 @@ _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0
 _JPEG_STANDALONE = {0x01, 0xD0, 0xD1, 0xD2, 0xD3, 0xD4, 0xD5, 0xD6, 0xD7, 0xD8}
 
 
+def _exif_orientation(segment: bytes) -> int:
+    """The orientation tag (0x0112) of an APP1 Exif segment's IFD0; 1 when absent or unreadable."""
+    if not segment.startswith(b"Exif\0\0") or len(segment) < 14:
+        return 1
+    tiff = segment[6:]
+    order = {b"II": "<", b"MM": ">"}.get(tiff[:2])
+    if order is None:
+        return 1
+    try:
+        (ifd,) = struct.unpack_from(order + "I", tiff, 4)
+        (entries,) = struct.unpack_from(order + "H", tiff, ifd)
+        for index in range(min(entries, 256)):
+            tag, kind, _, value = struct.unpack_from(order + "HHI4s", tiff, ifd + 2 + 12 * index)
+            if tag == 0x0112 and kind == 3:
+                (orientation,) = struct.unpack_from(order + "H", value)
+                return orientation if 1 <= orientation <= 8 else 1
+    except struct.error:
+        return 1
+    return 1
+
+
 def _jpeg_info(data: bytes, where: str) -> ImageInfo:
     pos, size = 2, len(data)
+    orientation = 1
     while pos < size:
         if data[pos] != 0xFF:
             raise RequestError(f"{where}: corrupt JPEG (bad marker at byte {pos})", "decode")
@@ -144,9 +167,11 @@ def _jpeg_info(data: bytes, where: str) -> ImageInfo:
             # stuffed or a restart marker, so a missing FFD9 after the frame header means truncation.
             if data.rfind(b"\xff\xd9", pos) < 0:
                 raise RequestError(f"{where}: truncated JPEG (no end-of-image marker)", "decode")
-            return ImageInfo("jpeg", width, height)
+            return ImageInfo("jpeg", width, height, orientation)
         if length < 2:
             raise RequestError(f"{where}: corrupt JPEG (segment length {length})", "decode")
+        if marker == 0xE1 and orientation == 1:
+            orientation = _exif_orientation(data[pos + 2 : pos + length])
         pos += length
     raise RequestError(f"{where}: truncated JPEG (ends before its frame header)", "decode")
 

@@ -112,7 +112,7 @@ class DetectionPipeline:
             if self.gpu_decode:
                 info = codec.probe_image(source, where)
                 codec.check_pixels(info.width, info.height, self.limits.max_pixels, where)
-                if info.format == "jpeg":
+                if info.format == "jpeg" and info.orientation == 1:  # nvJPEG ignores EXIF orientation
                     return PreparedImage(params=params, jpeg=source, where=where)
             start = time.perf_counter()
             image = codec.decode_image(source, self.limits.max_pixels, where)
@@ -130,14 +130,20 @@ class DetectionPipeline:
         self.metrics.batch_size.observe(size)
         self.metrics.batch_queue.observe(waited)
 
-    def _process_batch(self, items: list[PreparedImage]) -> list[Detections]:
+    def _process_batch(self, items: list[PreparedImage]) -> list[Detections | Exception]:
+        """One forward for the batch; NMS per group of items sharing thresholds. An item whose image
+        fails to decode here (GPU path only) gets its own error; the others are unaffected."""
         detector = self.detector
+        results: list[Detections | Exception | None] = [None] * len(items)
         if any(item.jpeg is not None for item in items):
-            batch = self._gpu_batch(items)
+            batch, kept = self._gpu_batch(items, results)
+            if not kept:
+                return results  # type: ignore[return-value]
         else:
             # The images are already letterboxed to S x S, so the detector's preprocess is only the
             # stack + upload (+ pinned memory on CUDA); its geometry is the identity.
             batch, _ = detector.preprocess([item.letterboxed for item in items])
+            kept = list(range(len(items)))
         start = time.perf_counter()
         raw = detector.forward(batch)
         if raw.device.type == "cuda":
@@ -145,20 +151,24 @@ class DetectionPipeline:
         self.metrics.stage.labels("forward").observe(time.perf_counter() - start)
 
         start = time.perf_counter()
-        results: list[Detections | None] = [None] * len(items)
-        groups: dict[DetectParams, list[int]] = {}
-        for index, item in enumerate(items):
-            groups.setdefault(item.params, []).append(index)
-        for params, indices in groups.items():
-            select = raw if len(indices) == len(items) else raw[torch.as_tensor(indices, device=raw.device)]
-            infos = [items[i].info for i in indices]
-            for index, det in zip(indices, detector.postprocess(select, infos, **params.as_kwargs()), strict=True):
-                results[index] = det
+        groups: dict[DetectParams, list[int]] = {}  # thresholds -> rows of ``raw``
+        for row, index in enumerate(kept):
+            groups.setdefault(items[index].params, []).append(row)
+        for params, rows in groups.items():
+            select = raw if len(rows) == raw.shape[0] else raw[torch.as_tensor(rows, device=raw.device)]
+            infos = [items[kept[row]].info for row in rows]
+            for row, det in zip(rows, detector.postprocess(select, infos, **params.as_kwargs()), strict=True):
+                results[kept[row]] = det
         self.metrics.stage.labels("postprocess").observe(time.perf_counter() - start)
         return results  # type: ignore[return-value]
 
-    def _gpu_batch(self, items: list[PreparedImage]) -> torch.Tensor:
-        """CUDA path: decode the batch's JPEGs with nvJPEG, letterbox on the GPU, stack with the rest."""
+    def _gpu_batch(
+        self, items: list[PreparedImage], results: list[Any]
+    ) -> tuple[torch.Tensor | None, list[int]]:
+        """CUDA path: decode the batch's JPEGs with nvJPEG, letterbox on the GPU, stack with the rest.
+
+        If nvJPEG refuses the batch, its JPEGs are decoded on the CPU one by one; an image that cannot be
+        decoded at all gets its error in ``results``. Returns the batch and the indices it holds."""
         detector = self.detector
         size = self.input_size
         jpeg_indices = [i for i, item in enumerate(items) if item.jpeg is not None]
@@ -167,36 +177,40 @@ class DetectionPipeline:
             import torchvision.io as tvio
 
             data = [torch.frombuffer(bytearray(items[i].jpeg), dtype=torch.uint8) for i in jpeg_indices]
-            decoded = tvio.decode_jpeg(
-                data, mode=tvio.ImageReadMode.RGB, device=detector.device, apply_exif_orientation=True
-            )
+            decoded = tvio.decode_jpeg(data, mode=tvio.ImageReadMode.RGB, device=detector.device)
         except Exception:  # noqa: BLE001 - nvJPEG unavailable or refused the data: decode on the CPU
             log.warning("GPU JPEG decoding failed; decoding this batch on the CPU", exc_info=True)
             decoded = None
         tensors: list[torch.Tensor | None] = [None] * len(items)
         for position, index in enumerate(jpeg_indices):
             item = items[index]
-            if decoded is not None:
-                image = decoded[position]  # [3, H, W] uint8 on the GPU
-                letterboxed, ratio, pad = ops.letterbox_tensor(
-                    image, size, channels_last=False, dtype=detector.dtype
-                )
-                item.info = LetterboxInfo((int(image.shape[1]), int(image.shape[2])), ratio, pad)
-                tensors[index] = letterboxed
-            else:
-                rgb = codec.decode_image(item.jpeg, self.limits.max_pixels, item.where)
-                letterboxed_np, ratio, pad = ops.letterbox(rgb, size)
-                item.info = LetterboxInfo((int(rgb.shape[0]), int(rgb.shape[1])), ratio, pad)
-                item.letterboxed = letterboxed_np
+            try:
+                if decoded is not None:
+                    image = decoded[position]  # [3, H, W] uint8 on the GPU
+                    letterboxed, ratio, pad = ops.letterbox_tensor(
+                        image, size, channels_last=False, dtype=detector.dtype
+                    )
+                    item.info = LetterboxInfo((int(image.shape[1]), int(image.shape[2])), ratio, pad)
+                    tensors[index] = letterboxed
+                else:
+                    rgb = codec.decode_image(item.jpeg, self.limits.max_pixels, item.where)
+                    letterboxed_np, ratio, pad = ops.letterbox(rgb, size)
+                    item.info = LetterboxInfo((int(rgb.shape[0]), int(rgb.shape[1])), ratio, pad)
+                    item.letterboxed = letterboxed_np
+            except Exception as error:  # noqa: BLE001 - this image's own failure
+                results[index] = error
             item.jpeg = None
         self.metrics.stage.labels("decode").observe(time.perf_counter() - start)
-        cpu_indices = [i for i, tensor in enumerate(tensors) if tensor is None]
+        kept = [i for i in range(len(items)) if results[i] is None]
+        cpu_indices = [i for i in kept if tensors[i] is None]
         if cpu_indices:
             uploaded, _ = detector.preprocess([items[i].letterboxed for i in cpu_indices])
             for position, index in enumerate(cpu_indices):
                 tensors[index] = uploaded[position]
-        batch = torch.stack([t.to(detector.device, detector.dtype) for t in tensors])  # type: ignore[union-attr]
-        return batch.contiguous(memory_format=torch.channels_last)
+        if not kept:
+            return None, kept
+        batch = torch.stack([tensors[i].to(detector.device, detector.dtype) for i in kept])  # type: ignore[union-attr]
+        return batch.contiguous(memory_format=torch.channels_last), kept
 
     # ----- direct use (warm-up, benchmarks) ---------------------------------------------------------
     def summary(self) -> dict[str, Any]:

@@ -143,6 +143,8 @@ class PredictorSettings:
                 dest=option.name,
                 type=str,
                 default=None,
+                nargs="?" if option.parse is _parse_bool else None,
+                const="true" if option.parse is _parse_bool else None,
                 help=f"{option.help} (env {option.env}; default {shown!r})",
             )
         return parser

@@ -12,6 +12,7 @@ from . import pipeline
 from .clients import Params, resolve_class
 from .common import (
     add_target_arguments,
+    check_target_arguments,
     make_client,
     parse_classes,
     positive_int,
@@ -53,6 +54,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_target_arguments(args)
     if not (args.out or args.jsonl or args.coco):
         args.jsonl = "-"
     if args.annotations and not args.coco:
@@ -68,6 +70,10 @@ def run(args: argparse.Namespace) -> int:
     if not sources:
         raise CliError("nothing to do: no readable inputs", exit_code=EXIT_PARTIAL)
 
+    image_ids = ImageIds(annotations)
+    if args.coco:
+        for source in sources:
+            CocoWriter(args.coco, image_ids, int).check(source)
     client = make_client(args)
     writers = []
     try:
@@ -79,9 +85,7 @@ def run(args: argparse.Namespace) -> int:
         coco = None
         if args.coco:
             mode = args.category_map or default_category_map(client.names)
-            coco = CocoWriter(args.coco, ImageIds(annotations), category_mapper(mode, client.names, annotations))
-            for source in sources:
-                coco.check(source)
+            coco = CocoWriter(args.coco, image_ids, category_mapper(mode, client.names, annotations))
         if args.out:
             writers.append(AnnotatedWriter(args.out))
         if args.jsonl:

@@ -21,7 +21,15 @@ import numpy as np
 
 from . import pipeline
 from .clients import Params
-from .common import add_target_arguments, make_client, positive_int, progress_bar, unit_interval, warn
+from .common import (
+    add_target_arguments,
+    check_target_arguments,
+    make_client,
+    positive_int,
+    progress_bar,
+    unit_interval,
+    warn,
+)
 from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, CliError
 from .outputs import category_mapper, coco_results, default_category_map
 from .sources import Frame, Source
@@ -49,7 +57,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Run detection on the images of a COCO instances file at the official YOLOv7 evaluation "
         "settings and report AP, AP50, AP75 and AP small/medium/large.",
     )
-    parser.add_argument("--images", type=Path, required=True, help="folder holding the annotated images")
+    parser.add_argument("--images", type=Path, help="folder holding the annotated images (not needed with --detections)")
     parser.add_argument("--annotations", type=Path, required=True, help="COCO instances JSON (ground truth)")
     parser.add_argument("--json", metavar="PATH", help="also write the metrics as JSON ('-' = stdout, no table)")
     parser.add_argument("--save-detections", metavar="PATH", help="write the detections as a COCO results JSON")
@@ -118,12 +126,16 @@ def format_table(metrics: dict[str, float | None], header: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if not args.detections:
+        check_target_arguments(args)
+    if not args.detections and args.images is None:
+        raise CliError("eval needs --images DIR (or --detections results.json)")
     annotations = load_annotations(args.annotations)
     images = annotations["images"]
     failures = 0
     frames: list[Frame] = []
-    ids: list[int] = []
-    for image in images:
+    ids: list[int] = [int(image["id"]) for image in images] if args.detections else []
+    for image in [] if args.detections else images:
         path = args.images / image["file_name"]
         if not path.is_file():
             warn(f"skipped image id {image['id']}: {path} not found")
@@ -132,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
         source = Source("image", str(path), path=path)
         frames.append(Frame(len(frames), source, extra={"image_id": int(image["id"])}))
         ids.append(int(image["id"]))
-    if not frames:
+    if not frames and not args.detections:
         raise CliError(f"none of the {len(images)} images of {args.annotations} is in {args.images}")
 
     evaluated: list[int] = []

@@ -32,7 +32,14 @@ import torch
 from torch import Tensor
 
 from .names import default_names
-from .safe_pickle import DisallowedGlobalError, Record, UnsafePickleError, load_bare_pickle, load_torch_zip, record_state
+from .safe_pickle import (
+    DisallowedGlobalError,
+    Record,
+    UnsafePickleError,
+    load_bare_pickle,
+    load_torch_zip,
+    record_state,
+)
 from .variants import VARIANTS, VariantSpec
 
 __all__ = [
@@ -111,7 +118,9 @@ def detect_variant(state_dict: Mapping[str, Tensor]) -> tuple[VariantSpec, int]:
     spec = by_index.get(index)
     if spec is None:
         known = ", ".join(f"{s.name} (layer {i})" for i, s in sorted(by_index.items()))
-        raise CheckpointError(f"no known YOLOv7 deploy variant has its Detect head at layer {index}; known: {known}")
+        raise CheckpointError(
+            f"no known YOLOv7 deploy variant has its Detect head at layer {index}; known: {known}"
+        )
     head = state_dict[f"model.{index}.m.0.weight"]
     rows = head.shape[0]
     if rows % spec.num_anchors or rows // spec.num_anchors <= 5:
@@ -121,7 +130,11 @@ def detect_variant(state_dict: Mapping[str, Tensor]) -> tuple[VariantSpec, int]:
     num_classes = rows // spec.num_anchors - 5
     expected = _signature(spec.name, num_classes)
     got = {k: tuple(v.shape) for k, v in state_dict.items()}
-    missing = [k for k in expected if k not in got and not k.endswith(_OPTIONAL_SUFFIXES + ("anchors", "anchor_grid"))]
+    missing = [
+        k
+        for k in expected
+        if k not in got and not k.endswith(_OPTIONAL_SUFFIXES + ("anchors", "anchor_grid"))
+    ]
     unexpected = [k for k in got if k not in expected]
     wrong = [f"{k} {got[k]} != {expected[k]}" for k in expected if k in got and got[k] != expected[k]]
     if missing or unexpected or wrong:
@@ -140,7 +153,8 @@ def detect_variant(state_dict: Mapping[str, Tensor]) -> tuple[VariantSpec, int]:
             )
         raise CheckpointError(
             f"state dict does not match {spec.name} (Detect at layer {index}, {num_classes} classes): "
-            + "; ".join(parts) + hint
+            + "; ".join(parts)
+            + hint
         )
     return spec, num_classes
 
@@ -156,7 +170,7 @@ def _normalise_keys(sd: Mapping[str, Any]) -> dict[str, Tensor]:
                 f"state dict entry {str(key)[:60]!r} is a {type(value).__name__}, expected a tensor"
             )
         if key.startswith("module."):
-            key = key[len("module."):]
+            key = key[len("module.") :]
         if key[:1].isdigit():
             key = "model." + key
         out[key] = value
@@ -199,7 +213,9 @@ def _assemble(
         if key.endswith("num_batches_tracked"):
             sd.setdefault(key, torch.zeros((), dtype=torch.long))
     state_dict = {
-        k: (sd[k].detach().to(torch.float32) if sd[k].is_floating_point() else sd[k].detach()).contiguous().clone()
+        k: (sd[k].detach().to(torch.float32) if sd[k].is_floating_point() else sd[k].detach())
+        .contiguous()
+        .clone()
         for k in expected
     }
 
@@ -296,7 +312,9 @@ def _load_safetensors(path: Path) -> Checkpoint:
     names: Any = None
     if meta:
         if meta.get("format") not in (None, EXPORT_FORMAT):
-            raise CheckpointError(f"{path}: safetensors metadata format {meta.get('format')!r} is not {EXPORT_FORMAT!r}")
+            raise CheckpointError(
+                f"{path}: safetensors metadata format {meta.get('format')!r} is not {EXPORT_FORMAT!r}"
+            )
         version = meta.get("format_version")
         if version is not None and version != EXPORT_FORMAT_VERSION:
             raise CheckpointError(
@@ -311,7 +329,9 @@ def _load_safetensors(path: Path) -> Checkpoint:
     ckpt = _assemble(tensors, names, "safetensors", metadata=meta)
     declared = meta.get("variant")
     if declared is not None and declared != ckpt.variant:
-        raise CheckpointError(f"{path}: metadata says variant {declared!r} but the tensors are {ckpt.variant!r}")
+        raise CheckpointError(
+            f"{path}: metadata says variant {declared!r} but the tensors are {ckpt.variant!r}"
+        )
     return ckpt
 
 

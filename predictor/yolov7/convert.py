@@ -34,7 +34,9 @@ def _parser() -> argparse.ArgumentParser:
         default="auto",
         help="tensor precision in the export; 'auto' keeps the source's (official weights are float16)",
     )
-    p.add_argument("--names", type=Path, help="text file with one class name per line (overrides the checkpoint's)")
+    p.add_argument(
+        "--names", type=Path, help="text file with one class name per line (overrides the checkpoint's)"
+    )
     p.add_argument("--force", action="store_true", help="overwrite an existing output file")
     return p
 

@@ -40,8 +40,16 @@ def _conv_with(weight: Tensor, bias: Tensor, like: nn.Conv2d, kernel: int | None
     k = like.kernel_size if kernel is None else (kernel, kernel)
     padding = like.padding if kernel is None else (kernel // 2, kernel // 2)
     conv = nn.Conv2d(
-        like.in_channels, like.out_channels, k, like.stride, padding, like.dilation, like.groups, bias=True,
-        device=weight.device, dtype=weight.dtype,
+        like.in_channels,
+        like.out_channels,
+        k,
+        like.stride,
+        padding,
+        like.dilation,
+        like.groups,
+        bias=True,
+        device=weight.device,
+        dtype=weight.dtype,
     )
     with torch.no_grad():
         conv.weight.copy_(weight)

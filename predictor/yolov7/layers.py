@@ -136,9 +136,7 @@ class ReOrg(nn.Module):
     (even row, even col), (odd row, even col), (even row, odd col), (odd row, odd col)."""
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.cat(
-            (x[..., ::2, ::2], x[..., 1::2, ::2], x[..., ::2, 1::2], x[..., 1::2, 1::2]), 1
-        )
+        return torch.cat((x[..., ::2, ::2], x[..., 1::2, ::2], x[..., ::2, 1::2], x[..., 1::2, 1::2]), 1)
 
 
 class Concat(nn.Module):
@@ -193,7 +191,9 @@ class Detect(nn.Module):
         self.nl = len(strides)
         self.na = len(anchors[0]) // 2
         if any(len(a) != 2 * self.na for a in anchors):
-            raise ValueError(f"every level needs {self.na} (w, h) anchor pairs; got {[len(a) for a in anchors]}")
+            raise ValueError(
+                f"every level needs {self.na} (w, h) anchor pairs; got {[len(a) for a in anchors]}"
+            )
         self.strides = tuple(int(s) for s in strides)
         a = torch.tensor([[float(v) for v in level] for level in anchors]).view(self.nl, self.na, 2)
         stride_t = torch.tensor(self.strides, dtype=a.dtype).view(-1, 1, 1)

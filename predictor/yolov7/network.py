@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor, nn
 
-from .layers import SPPCSPC, Concat, ConvBNAct, Detect, DownC, RepConv, ReOrg, Shortcut
+from .layers import SPPCSPC, Concat, ConvBNAct, Detect, DownC, ReOrg, RepConv, Shortcut
+from .names import default_names
 from .variants import INPUT, Layer, VariantSpec, get_variant
 
 __all__ = ["YOLOv7"]
@@ -55,6 +55,8 @@ class YOLOv7(nn.Module):
         self.num_classes = int(num_classes)
         self.strides: list[int] = list(spec.strides)
         self.input_size = spec.input_size
+        self.names: list[str] = default_names(self.num_classes)
+        self.fused = False  # set by fuse_model
         anchor_px = _normalise_anchors(anchors if anchors is not None else spec.anchors, spec)
 
         layers = spec.layers
@@ -69,7 +71,9 @@ class YOLOv7(nn.Module):
 
         # Static wiring: which outputs each layer reads, and which to release after each layer.
         self._inputs: tuple[tuple[int, ...], ...] = tuple(layer.inputs for layer in layers)
-        self._multi: tuple[bool, ...] = tuple(layer.op in ("concat", "shortcut", "detect") for layer in layers)
+        self._multi: tuple[bool, ...] = tuple(
+            layer.op in ("concat", "shortcut", "detect") for layer in layers
+        )
         last_use: dict[int, int] = {}
         for i, layer in enumerate(layers):
             for j in layer.inputs:

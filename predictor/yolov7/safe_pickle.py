@@ -26,7 +26,15 @@ from typing import Any
 
 import torch
 
-__all__ = ["UnsafePickleError", "DisallowedGlobalError", "Record", "SafeUnpickler", "load_torch_zip", "load_bare_pickle", "record_state"]
+__all__ = [
+    "UnsafePickleError",
+    "DisallowedGlobalError",
+    "Record",
+    "SafeUnpickler",
+    "load_torch_zip",
+    "load_bare_pickle",
+    "record_state",
+]
 
 
 class UnsafePickleError(ValueError):
@@ -130,8 +138,22 @@ _STORAGE_DTYPES = {
     "UntypedStorage": torch.uint8,
 }
 _DTYPE_NAMES = {
-    "float16", "half", "float32", "float", "float64", "double", "bfloat16", "int64", "long", "int32", "int",
-    "int16", "short", "int8", "uint8", "bool",
+    "float16",
+    "half",
+    "float32",
+    "float",
+    "float64",
+    "double",
+    "bfloat16",
+    "int64",
+    "long",
+    "int32",
+    "int",
+    "int16",
+    "short",
+    "int8",
+    "uint8",
+    "bool",
 }
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
@@ -139,17 +161,31 @@ _MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _RECORD_MODULE_PREFIXES = ("models.", "torch.nn.modules.")
 _RECORD_EXACT = {
     # numpy scalars / arrays that trainer checkpoints carry (e.g. best_fitness); never needed here.
-    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy", "dtype"), ("numpy", "ndarray"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "dtype"),
+    ("numpy", "ndarray"),
 }
+
+
+def _is_index_tuple(t: Any) -> bool:
+    return isinstance(t, (tuple, list)) and all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in t
+    )
 
 
 def _check_tensor_args(storage: Any, offset: Any, size: Any, stride: Any) -> None:
     if not isinstance(storage, torch.Tensor) or storage.dim() != 1:
         raise UnsafePickleError("malformed pickle: tensor rebuilt from something that is not a storage")
-    ok_tuple = (lambda t: isinstance(t, (tuple, list)) and all(isinstance(v, int) and v >= 0 for v in t))
-    if not (isinstance(offset, int) and offset >= 0 and ok_tuple(size) and ok_tuple(stride) and len(size) == len(stride)):
+    if not (
+        isinstance(offset, int)
+        and offset >= 0
+        and _is_index_tuple(size)
+        and _is_index_tuple(stride)
+        and len(size) == len(stride)
+    ):
         raise UnsafePickleError("malformed pickle: bad tensor geometry")
 
 
@@ -161,8 +197,9 @@ def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any, *_: Any) 
         raise UnsafePickleError(f"malformed pickle: tensor does not fit its storage ({e})") from None
 
 
-def _rebuild_tensor_v3(storage: Any, offset: Any, size: Any, stride: Any, requires_grad: Any, hooks: Any,
-                       dtype: Any, *_: Any) -> torch.Tensor:
+def _rebuild_tensor_v3(
+    storage: Any, offset: Any, size: Any, stride: Any, requires_grad: Any, hooks: Any, dtype: Any, *_: Any
+) -> torch.Tensor:
     if not isinstance(dtype, torch.dtype):
         raise UnsafePickleError("malformed pickle: bad dtype")
     if isinstance(storage, torch.Tensor) and storage.dtype != dtype:
@@ -245,10 +282,16 @@ class SafeUnpickler(pickle.Unpickler):
         if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"):
             raise UnsafePickleError(f"malformed pickle: unsupported persistent id {str(pid)[:80]!r}")
         storage_type, key, _location, numel = pid[1], pid[2], pid[3], pid[4]
-        if not isinstance(storage_type, _StorageType) or not isinstance(key, str) or not isinstance(numel, int):
+        if (
+            not isinstance(storage_type, _StorageType)
+            or not isinstance(key, str)
+            or not isinstance(numel, int)
+        ):
             raise UnsafePickleError("malformed pickle: bad storage reference")
         if self._storage_reader is None:
-            raise UnsafePickleError("the pickle references tensor storages but is not inside a torch zip archive")
+            raise UnsafePickleError(
+                "the pickle references tensor storages but is not inside a torch zip archive"
+            )
         cached = self._storages.get(key)
         if cached is None:
             raw = self._storage_reader(key)
@@ -261,8 +304,10 @@ class SafeUnpickler(pickle.Unpickler):
                 raise UnsafePickleError(
                     f"malformed archive: storage {key} has {len(raw)} bytes, expected {expected}"
                 )
-            cached = torch.frombuffer(bytearray(raw), dtype=storage_type.dtype) if raw else torch.empty(
-                0, dtype=storage_type.dtype
+            cached = (
+                torch.frombuffer(bytearray(raw), dtype=storage_type.dtype)
+                if raw
+                else torch.empty(0, dtype=storage_type.dtype)
             )
             self._storages[key] = cached
         if cached.dtype != storage_type.dtype:

@@ -23,6 +23,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -71,43 +72,70 @@ def _time(
     return {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times), "n": repeat}
 
 
+def _time_interleaved(fns: dict[str, Callable[[], Any]], *, warmup: int, repeat: int) -> dict[str, dict]:
+    """Like :func:`_time` for several functions, alternating them each round so that a shared, noisy
+    CPU slows them alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeat):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append((time.perf_counter() - t0) * 1000.0)
+    return {
+        k: {"median_ms": statistics.median(v), "min_ms": min(v), "max_ms": max(v), "n": repeat}
+        for k, v in times.items()
+    }
+
+
 def bench_cpu(quick: bool) -> list[dict]:
+    """fused (ours) vs unfused eager, interleaved; at batch 1 also fused + channels-last memory."""
     size = 320 if quick else 640
     batches = (1,) if quick else (1, 8)
     rows = []
     for variant in VARIANTS:
         fused, unfused, source = build_models(variant)
+        fused_cl = copy.deepcopy(fused).to(memory_format=torch.channels_last)
         for batch in batches:
             x = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
+            x_cl = x.contiguous(memory_format=torch.channels_last)
             repeat = 2 if quick else (3 if variant == "yolov7" and batch == 8 else 5)
-            res = {}
-            for label, model in (("fused", fused), ("unfused", unfused)):
-                with torch.inference_mode():
-                    res[label] = _time(lambda m=model, x=x: m(x), warmup=1, repeat=repeat)
+            fns = {"fused": partial(fused, x), "unfused": partial(unfused, x)}
+            if batch == 1:
+                fns["fused_channels_last"] = partial(fused_cl, x_cl)
+            with torch.inference_mode():
+                res = _time_interleaved(fns, warmup=1, repeat=repeat)
             f, u = res["fused"]["median_ms"], res["unfused"]["median_ms"]
-            rows.append(
-                {
-                    "variant": variant,
-                    "device": "cpu",
-                    "precision": "fp32",
-                    "input": size,
-                    "batch": batch,
-                    "weights": source,
-                    "fused_ms_per_batch": round(f, 2),
-                    "fused_ms_per_image": round(f / batch, 2),
-                    "unfused_ms_per_batch": round(u, 2),
-                    "unfused_ms_per_image": round(u / batch, 2),
-                    "speedup_fused_vs_unfused": round(u / f, 3),
-                    "fused_timing": res["fused"],
-                    "unfused_timing": res["unfused"],
-                }
-            )
+            row = {
+                "variant": variant,
+                "device": "cpu",
+                "precision": "fp32",
+                "input": size,
+                "batch": batch,
+                "weights": source,
+                "fused_ms_per_batch": round(f, 2),
+                "fused_ms_per_image": round(f / batch, 2),
+                "unfused_ms_per_batch": round(u, 2),
+                "unfused_ms_per_image": round(u / batch, 2),
+                "speedup_fused_vs_unfused": round(u / f, 3),
+                "timings": res,
+            }
+            if "fused_channels_last" in res:
+                row["fused_channels_last_ms_per_image"] = round(res["fused_channels_last"]["median_ms"], 2)
+            rows.append(row)
             print(
                 f"  cpu {variant} b{batch}@{size}: fused {f / batch:.1f} ms/img, "
-                f"unfused {u / batch:.1f} ms/img (x{u / f:.2f})",
+                f"unfused {u / batch:.1f} ms/img (x{u / f:.2f})"
+                + (
+                    f", fused+channels_last {row['fused_channels_last_ms_per_image']:.1f}"
+                    if batch == 1
+                    else ""
+                ),
                 file=sys.stderr,
             )
-        del fused, unfused
+        del fused, unfused, fused_cl
     return rows
 
 
@@ -159,6 +187,7 @@ def bench_cuda(quick: bool) -> list[dict]:
                     precision="fp16",
                     accel=accel,
                     compile_mode=compile_mode,
+                    graph_max_batch=max(batches),  # measure graphs at every size
                 )
             except Exception as e:  # report, keep benchmarking the rest
                 rows.append({"variant": variant, "accel": accel, "error": repr(e)})

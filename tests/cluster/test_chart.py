@@ -342,17 +342,27 @@ def crd_installed(kube_bare, request):
     return cluster
 
 
-def _ensure_namespace(kube, name: str) -> None:
-    if kube.kubectl("get", "namespace", name, check=False).returncode != 0:
-        kube.kubectl("create", "namespace", name, check=False)
+def _ensure_namespace(kube, name: str) -> bool:
+    """Create namespace ``name`` unless it exists; whether it was created here."""
+    if kube.kubectl("get", "namespace", name, check=False).returncode == 0:
+        return False
+    return kube.kubectl("create", "namespace", name, check=False).returncode == 0
+
+
+@pytest.fixture(scope="module")
+def team_namespaces(crd_installed):
+    """The namespaces ci/namespaced-watch-values.yaml names (a Role cannot be made in a missing one)."""
+    names = ("yolo-team-a", "yolo-team-b")
+    created = [ns for ns in names if _ensure_namespace(crd_installed, ns)]
+    yield names
+    for ns in created:
+        crd_installed.kubectl("delete", "namespace", ns, "--wait=false", "--ignore-not-found", check=False)
 
 
 @pytest.mark.cluster
 @pytest.mark.parametrize(("name", "args"), VARIANTS, ids=VARIANT_IDS)
-def test_rendered_chart_passes_server_side_dry_run(crd_installed, namespace, name, args):
+def test_rendered_chart_passes_server_side_dry_run(crd_installed, team_namespaces, namespace, name, args):
     kube = crd_installed
-    for ns in ("yolo-team-a", "yolo-team-b"):  # the namespaced-watch example's namespaces
-        _ensure_namespace(kube, ns)
     release = "r" + uuid.uuid4().hex[:6]
     out = helm("template", release, str(CHART), "--namespace", namespace, "--include-crds", *args).stdout
     # Pods are admitted only when their ServiceAccount exists, which a dry run never creates: make it first.
@@ -415,8 +425,8 @@ DENIED = [
 @pytest.mark.cluster
 def test_install_upgrade_uninstall(crd_installed, namespace):
     kube = crd_installed
-    release = "yolo"  # full name yolo-yolo-v7
-    fullname = "yolo-yolo-v7"
+    release = "y" + uuid.uuid4().hex[:6]  # unique: ClusterRoles are cluster-wide names
+    fullname = f"{release}-yolo-v7"
     kc = kube.kubeconfig
     # a second namespace the operator must not reach
     other = f"{namespace[:50]}-other"
@@ -487,8 +497,8 @@ def test_namespaced_watch_list_gets_a_role_in_each(crd_installed, namespace):
     team_a, team_b = f"{namespace[:50]}-a", f"{namespace[:50]}-b"
     for ns in (team_a, team_b):
         _ensure_namespace(kube, ns)
-    release = "multi"
-    fullname = "multi-yolo-v7"
+    release = "m" + uuid.uuid4().hex[:6]
+    fullname = f"{release}-yolo-v7"
     try:
         helm("install", release, str(CHART), "--namespace", namespace, "--set",
              f"watch.namespaces={{{team_a},{team_b}}}", kubeconfig=kube.kubeconfig)
@@ -508,14 +518,15 @@ def test_namespaced_watch_list_gets_a_role_in_each(crd_installed, namespace):
 @pytest.mark.cluster
 def test_sample_install_creates_a_valid_yolodetector(crd_installed, namespace):
     kube = crd_installed
+    release = "s" + uuid.uuid4().hex[:6]
     try:
-        helm("install", "smp", str(CHART), "--namespace", namespace, "-f", str(CHART / "ci" / "with-sample-values.yaml"),
-             kubeconfig=kube.kubeconfig)
+        helm("install", release, str(CHART), "--namespace", namespace, "-f",
+             str(CHART / "ci" / "with-sample-values.yaml"), kubeconfig=kube.kubeconfig)
         detector = json.loads(kube.kubectl("get", YD, "yolov7-tiny-sample", "-n", namespace, "-o", "json").stdout)
         assert detector["spec"]["variant"] == "yolov7-tiny"
         assert detector["spec"]["thresholds"]["iou"] == 0.45  # the CRD's defaults applied
     finally:
-        helm("uninstall", "smp", "--namespace", namespace, kubeconfig=kube.kubeconfig, check=False)
+        helm("uninstall", release, "--namespace", namespace, kubeconfig=kube.kubeconfig, check=False)
 
 
 class _Healthz(BaseHTTPRequestHandler):
@@ -565,7 +576,8 @@ def _kubeconfig_server_and_ca(kubeconfig: Path, tmp_path: Path) -> tuple[str, Pa
 def test_helm_test_script_passes_against_the_api_server(crd_installed, namespace, tmp_path):
     """The `helm test` pod's script, run here with the operator's ServiceAccount token and a stand-in /healthz."""
     kube = crd_installed
-    release, fullname = "tst", "tst-yolo-v7"
+    release = "t" + uuid.uuid4().hex[:6]
+    fullname = f"{release}-yolo-v7"
     helm("install", release, str(CHART), "--namespace", namespace, kubeconfig=kube.kubeconfig)
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Healthz)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -590,3 +602,20 @@ def test_helm_test_script_passes_against_the_api_server(crd_installed, namespace
         server.shutdown()
         server.server_close()
         helm("uninstall", release, "--namespace", namespace, kubeconfig=kube.kubeconfig, check=False)
+
+
+def test_install_doc_lists_every_value():
+    """docs/install.md's values table names every value (resources and sample.spec as a whole)."""
+    doc = (ROOT / "docs" / "install.md").read_text()
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+
+    def leaves(node, prefix=""):
+        for key, value in node.items():
+            path = f"{prefix}{key}"
+            if isinstance(value, dict) and value and path not in ("resources", "sample.spec"):
+                yield from leaves(value, path + ".")
+            else:
+                yield path
+
+    missing = [path for path in leaves(values) if f"| `{path}` |" not in doc]
+    assert not missing, missing

@@ -7,11 +7,14 @@ kube-controller-manager (garbage collection) but no KServe controller: ``pretend
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import yaml
 from kubernetes.client.exceptions import ApiException
 from yolo_operator import config as c
+from yolo_operator import manifests
+from yolo_operator.config import OperatorConfig
 
 from predictor.settings import parse_args
 from tests.cluster.helpers import (
@@ -112,6 +115,9 @@ def test_create_builds_the_inference_service(api, namespace, operator):
     assert settings.device == "cuda"
     assert {e["name"]: e["value"] for e in box["env"]}["STORAGE_URI"].endswith("/v0.1/yolov7-tiny.pt")
     assert box["securityContext"]["readOnlyRootFilesystem"] is True
+    # KServe's real schema kept every field we wrote (v1.20 prunes unknown fields silently)
+    expected = manifests.without_nulls(manifests.build_inference_service("cams", namespace, spec, OperatorConfig()))
+    assert not manifests.differs(expected, isvc), json.dumps(isvc, indent=1)
 
     done = wait_status(api, namespace, "cams", lambda d: condition(d, "Valid").get("status") == "True")
     status = done["status"]
@@ -290,12 +296,22 @@ def test_api_server_restart_operator_reconnects(kube, api, namespace, operator):
     kube.restart_apiserver(downtime=2)
     api = Api(kube.api_client())
     wait_for(lambda: api.detector(namespace, "before"), timeout=30, what="the API server back")
+    back = time.monotonic()
     assert operator.healthy()
     api.create_detector(namespace, "after", {})
     wait_isvc(api, namespace, "after", timeout=45)
+    print(f"first reconcile {time.monotonic() - back:.1f} s after the API server was back")
     api.patch_detector(namespace, "before", {"spec": {"thresholds": {"maxDetections": 10}}})
     wait_isvc(api, namespace, "before", timeout=30,
               check=lambda i: parse_args(container(i)["args"]).max_detections == 10)
     api.delete_isvc(namespace, "before")
     wait_isvc(api, namespace, "before", timeout=30)
     print(json.dumps({"operator_log_tail": operator.log_tail(20)}))
+
+
+def test_cluster_wide_mode(kube, api, namespace, tmp_path):
+    with Operator(kube.kubeconfig, [], log_path=tmp_path / "all.log", resync_seconds=300) as op:
+        api.create_detector(namespace, "everywhere", {"variant": "yolov7-tiny"})
+        wait_isvc(api, namespace, "everywhere")
+        wait_status(api, namespace, "everywhere", lambda d: condition(d, "Valid").get("status") == "True")
+        assert "--all-namespaces" in op.proc.args

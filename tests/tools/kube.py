@@ -90,22 +90,30 @@ def _tail(path: Path, lines: int = 40) -> str:
 # kubectl
 
 
+_KUBECTL: str | None = None
+
+
 def kubectl_path() -> str:
-    """``$YOLO_KUBECTL``, else ``/usr/bin/kubectl``, else the kubectl of the pinned helm wheel, else PATH."""
+    """``$YOLO_KUBECTL``, else the pinned kubectl v1.34 of the helm wheel (``tests.tools.helm``), else
+    ``/usr/bin/kubectl`` / PATH. The pinned one first: distro or cloud-SDK kubectls differ in how they
+    validate against an old (v1.20) server, e.g. gcloud's 1.32 skips client-side validation with
+    ``--validate=strict``."""
+    global _KUBECTL
     env = os.environ.get("YOLO_KUBECTL")
     if env:
         return env
-    if os.access("/usr/bin/kubectl", os.X_OK):
-        return "/usr/bin/kubectl"
+    if _KUBECTL:
+        return _KUBECTL
     try:
         from tests.tools import helm
 
-        return str(helm.kubectl_path())
-    except Exception as exc:  # noqa: BLE001 - fall back to PATH, report both if that fails too
-        found = shutil.which("kubectl")
-        if found:
-            return found
-        raise ClusterUnavailable(f"no kubectl: not in /usr/bin, none on PATH, helm wheel: {exc}") from exc
+        _KUBECTL = str(helm.kubectl_path())
+    except Exception as exc:  # noqa: BLE001 - fall back to a system kubectl, report both if none
+        found = "/usr/bin/kubectl" if os.access("/usr/bin/kubectl", os.X_OK) else shutil.which("kubectl")
+        if not found:
+            raise ClusterUnavailable(f"no kubectl: helm wheel ({exc}); none in /usr/bin or on PATH") from exc
+        _KUBECTL = found
+    return _KUBECTL
 
 
 def kubectl(

@@ -122,3 +122,18 @@ def test_invalid_configuration():
         DynamicBatcher(list, max_batch_size=0, max_delay_s=0)
     with pytest.raises(ValueError, match="max_delay_s"):
         DynamicBatcher(list, max_batch_size=1, max_delay_s=-1)
+
+
+async def test_an_exception_returned_for_one_item_fails_only_that_item():
+    def process(items: list[str]) -> list[object]:
+        return [ValueError(f"bad {item}") if item.startswith("bad") else item.upper() for item in items]
+
+    batcher = DynamicBatcher(process, max_batch_size=8, max_delay_s=0.05)
+    try:
+        outcomes = await asyncio.gather(batcher.submit(["ok1"]), batcher.submit(["bad2"]), batcher.submit(["ok3"]),
+                                        return_exceptions=True)
+    finally:
+        await batcher.close()
+    assert outcomes[0] == ["OK1"] and outcomes[2] == ["OK3"]
+    assert isinstance(outcomes[1], ValueError) and str(outcomes[1]) == "bad bad2"
+    assert batcher.largest_batch == 3  # they shared one batch

@@ -52,9 +52,7 @@ def no_official_code():
     assert not gained, f"loader imported {gained}"
 
 
-@pytest.mark.parametrize(
-    ("variant", "params"), [("yolov7-tiny", 6_227_101), ("yolov7", 37_620_125)]
-)
+@pytest.mark.parametrize(("variant", "params"), [("yolov7-tiny", 6_227_101), ("yolov7", 37_620_125)])
 def test_loads_official_release_format_without_its_code(variant, params, yolo_fixtures, no_official_code):
     ckpt = load_checkpoint(yolo_fixtures / f"{variant}-random.pt")
     assert no_official_code.attempts == []
@@ -134,7 +132,10 @@ def test_hostile_pickles_are_refused(callee, container, tmp_path):
         path = _torch_zip(tmp_path / "evil.pt", data)
     with pytest.raises(CheckpointError) as info:
         load_checkpoint(path)
-    assert str(info.value) == f"refusing to load {path}: the pickle calls {callee}, which is not on the allow-list"
+    assert (
+        str(info.value)
+        == f"refusing to load {path}: the pickle calls {callee}, which is not on the allow-list"
+    )
     assert not sentinel.exists()
 
 
@@ -144,7 +145,9 @@ def test_pickled_class_of_unknown_module_is_refused(tmp_path):
             return (os.system, ("true",))
 
     path = _torch_zip(tmp_path / "evil.pt", pickle.dumps({"model": Evil()}, protocol=2))
-    with pytest.raises(CheckpointError, match=r"the pickle calls (posix|os)\.system, which is not on the allow-list"):
+    with pytest.raises(
+        CheckpointError, match=r"the pickle calls (posix|os)\.system, which is not on the allow-list"
+    ):
         load_checkpoint(path)
 
 
@@ -228,7 +231,10 @@ def test_safetensors_round_trip(custom_tiny, tmp_path):
     out = save_export(ckpt, tmp_path / "c.safetensors")
     back = load_checkpoint(out)
     assert (back.variant, back.num_classes, back.names, back.source_format) == (
-        "yolov7-tiny", 3, ["cat", "dog", "fox"], "safetensors"
+        "yolov7-tiny",
+        3,
+        ["cat", "dog", "fox"],
+        "safetensors",
     )
     assert back.anchors == ckpt.anchors and back.strides == ckpt.strides
     assert back.metadata["format"] == "yolo-v7" and back.metadata["format_version"] == "1"
@@ -240,7 +246,9 @@ def test_mismatched_state_dicts_are_clear_errors(custom_tiny, tmp_path):
     sd = dict(custom_tiny.state_dict())
     del sd["model.10.conv.weight"]
     torch.save(sd, tmp_path / "a.pt")
-    with pytest.raises(CheckpointError, match=r"does not match yolov7-tiny .*1 missing \(e\.g\. model\.10\.conv\.weight"):
+    with pytest.raises(
+        CheckpointError, match=r"does not match yolov7-tiny .*1 missing \(e\.g\. model\.10\.conv\.weight"
+    ):
         load_checkpoint(tmp_path / "a.pt")
     torch.save({"state_dict": custom_tiny.state_dict(), "names": ["a", "b"]}, tmp_path / "b.pt")
     with pytest.raises(CheckpointError, match="2 class names but its head predicts 3"):
@@ -258,7 +266,9 @@ def test_export_metadata_is_checked(custom_tiny, tmp_path):
     with pytest.raises(CheckpointError, match="format_version '2' is not supported"):
         load_checkpoint(tmp_path / "v2.safetensors")
     save_file(sd, str(tmp_path / "lie.safetensors"), metadata={"variant": "yolov7"})
-    with pytest.raises(CheckpointError, match="metadata says variant 'yolov7' but the tensors are 'yolov7-tiny'"):
+    with pytest.raises(
+        CheckpointError, match="metadata says variant 'yolov7' but the tensors are 'yolov7-tiny'"
+    ):
         load_checkpoint(tmp_path / "lie.safetensors")
     save_file(sd, str(tmp_path / "plain.safetensors"))  # no metadata: recognised by its tensors
     assert load_checkpoint(tmp_path / "plain.safetensors").variant == "yolov7-tiny"
@@ -268,8 +278,18 @@ def test_convert_cli_subprocess(yolo_fixtures, tmp_path):
     out = tmp_path / "tiny.safetensors"
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     run = subprocess.run(
-        [sys.executable, "-m", "predictor.yolov7.convert", str(yolo_fixtures / "yolov7-tiny-random.pt"), str(out)],
-        capture_output=True, text=True, cwd=REPO_ROOT, env=env, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "predictor.yolov7.convert",
+            str(yolo_fixtures / "yolov7-tiny-random.pt"),
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env=env,
+        timeout=300,
     )
     assert run.returncode == 0, run.stderr
     assert "variant:    yolov7-tiny" in run.stdout
@@ -284,7 +304,11 @@ def test_convert_cli_subprocess(yolo_fixtures, tmp_path):
     evil = _torch_zip(tmp_path / "evil.pt", _reduce_pickle("os", "system", f"touch {tmp_path / 'pwned'}"))
     run = subprocess.run(
         [sys.executable, "-m", "predictor.yolov7.convert", str(evil), str(tmp_path / "x.safetensors")],
-        capture_output=True, text=True, cwd=REPO_ROOT, env=env, timeout=300,
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env=env,
+        timeout=300,
     )
     assert run.returncode == 1
     assert "refusing to load" in run.stderr and "os.system" in run.stderr
@@ -305,7 +329,9 @@ def test_convert_cli_errors_and_options(custom_tiny, tmp_path, capsys):
     assert convert_main([str(tmp_path / "c.pt"), str(out), "--force", "--dtype", "float16"]) == 0
     assert load_checkpoint(out).source_dtype == "float16"
     (tmp_path / "two.txt").write_text("a\nb\n")
-    assert convert_main([str(tmp_path / "c.pt"), str(out), "--force", "--names", str(tmp_path / "two.txt")]) == 1
+    assert (
+        convert_main([str(tmp_path / "c.pt"), str(out), "--force", "--names", str(tmp_path / "two.txt")]) == 1
+    )
     assert "lists 2 names" in capsys.readouterr().err
     with pytest.raises(SystemExit) as info:
         convert_main([])

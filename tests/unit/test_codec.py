@@ -69,6 +69,23 @@ def test_fixture_jpeg_dimensions_from_header(yolo_fixtures):
     assert (info.width, info.height) == (810, 1080)
 
 
+def _with_exif_orientation(jpeg: bytes, orientation: int, order: str = "<") -> bytes:
+    mark = b"II" if order == "<" else b"MM"
+    entry = struct.pack(order + "HHI", 0x0112, 3, 1) + struct.pack(order + "H", orientation) + b"\0\0"
+    tiff = mark + struct.pack(order + "HI", 42, 8) + struct.pack(order + "H", 1) + entry + struct.pack(order + "I", 0)
+    payload = b"Exif\0\0" + tiff
+    return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload + jpeg[2:]
+
+
+@pytest.mark.parametrize("order", ["<", ">"])
+def test_jpeg_exif_orientation_is_read_and_applied(order):
+    jpeg = _with_exif_orientation(_encode(".jpg", _image(30, 50)), 6, order)
+    info = codec.probe_image(jpeg)
+    assert (info.width, info.height, info.orientation) == (50, 30, 6)
+    assert codec.decode_image(jpeg, max_pixels=10_000).shape == (50, 30, 3)  # rotated 90°, as OpenCV does
+    assert codec.probe_image(_encode(".jpg", _image(30, 50))).orientation == 1
+
+
 def test_decompression_bomb_refused_from_the_header():
     bomb = _png_claiming(100_000, 100_000)
     assert len(bomb) < 200

@@ -142,6 +142,9 @@ def test_operator_entrypoint_is_the_console_script_of_python_m_yolo_operator(df)
     assert scripts["yolo-v7-operator"] == "yolo_operator.__main__:main"
     main_src = (ROOT / "operator" / "yolo_operator" / "__main__.py").read_text()
     assert 'if __name__ == "__main__":' in main_src and "main()" in main_src
+    helpers = ROOT / "tests" / "cluster" / "helpers.py"
+    if helpers.is_file():  # the operator tests start `python -m yolo_operator`
+        assert re.search(r"""["']-m["']\s*,\s*["']yolo_operator["']""", helpers.read_text())
 
 
 def test_environment_defaults_are_predictor_settings(df):

@@ -96,7 +96,7 @@ def _image(yolo_fixtures, variant: str, name: str, size: int) -> torch.Tensor:
 
 @pytest.mark.parametrize(
     ("variant", "size"),
-    [("yolov7-tiny", 640), pytest.param("yolov7", 256, marks=pytest.mark.slow)],
+    [("yolov7-tiny", 320), pytest.param("yolov7", 256, marks=pytest.mark.slow)],
 )
 def test_fusion_is_exact_on_a_real_image(variant, size, yolo_fixtures):
     """Fused vs unfused in float64 on bus.jpg with the fixture weights (yolov7 covers its RepConvs).

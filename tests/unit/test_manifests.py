@@ -342,7 +342,8 @@ def _unknown_fields(obj, schema: dict, path: str = "") -> list[str]:
 
 
 def test_every_field_is_known_to_kserves_crd(kserve_fixtures):
-    crd = yaml.safe_load((kserve_fixtures / "serving.kserve.io_inferenceservices.yaml").read_text())
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the CRD is 1.9 MB
+    crd = yaml.load((kserve_fixtures / "serving.kserve.io_inferenceservices.yaml").read_text(), Loader=loader)
     schema = next(v for v in crd["spec"]["versions"] if v["name"] == "v1beta1")["schema"]["openAPIV3Schema"]
     full = {
         "variant": "yolov7-tiny", "resources": {"gpu": 1}, "replicas": {"min": 1, "max": 3},

@@ -66,3 +66,10 @@ def test_extends_an_existing_parser_without_clashing():
     namespace = parser.parse_args(["--model_name", "m", "--classes", "1, 2,person"])
     assert namespace.model_name == "m"
     assert PredictorSettings.from_sources(namespace, environ={}).classes == ("1", "2", "person")
+
+
+def test_bare_boolean_flags_mean_true():
+    assert parse_args(["--demo"]).demo is True
+    assert parse_args(["--demo", "false"]).demo is False
+    assert parse_args([]).demo is False
+    assert parse_args(["--warmup"]).warmup is True

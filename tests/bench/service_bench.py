@@ -1,0 +1,176 @@
+"""Service benchmark: the real predictor end to end (REST v2, JPEG bytes in), and its overhead.
+
+Starts ``python -m predictor`` (yolov7-tiny fixture checkpoint, native 640 input, CPU unless
+``YOLO_BENCH_DEVICE`` says otherwise) and drives it with closed-loop httpx clients at concurrency 1, 8
+and 32: throughput (requests/s = images/s) and latency p50/p99 per request.
+
+Server overhead = end-to-end latency − the model forward time, both measured in the same run: the
+forward time comes from the server's own ``yolo_stage_seconds{stage="forward"}`` histogram over the
+same requests (same process, same image, same thresholds), so at concurrency 1 (one image per
+forward) ``overhead = mean e2e − mean forward``. The other stages (decode, letterbox, NMS) are reported
+from the same histograms.
+
+``run(out_dir, quick)`` is called by ``python -m tests.bench.run``; ``python -m tests.bench.service_bench
+[--quick]`` runs it alone and prints the JSON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from tests.tools.predictor_server import predictor_server  # noqa: E402
+
+CONCURRENCY = (1, 8, 32)
+STAGES = ("decode", "preprocess", "forward", "postprocess")
+
+
+def _fixtures() -> Path:
+    root = Path(os.environ.get("YOLO_FIXTURES", REPO_ROOT.parent / "shared" / "fixtures"))
+    return root / "yolov7"
+
+
+def _scrape(client: httpx.Client, url: str) -> dict[str, float]:
+    values = {}
+    for line in client.get(f"{url}/metrics").text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            values[key] = float(value)
+    return values
+
+
+def _stage_means(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    out = {}
+    for stage in STAGES:
+        count = after.get(f'yolo_stage_seconds_count{{stage="{stage}"}}', 0) - before.get(
+            f'yolo_stage_seconds_count{{stage="{stage}"}}', 0)
+        total = after.get(f'yolo_stage_seconds_sum{{stage="{stage}"}}', 0) - before.get(
+            f'yolo_stage_seconds_sum{{stage="{stage}"}}', 0)
+        out[f"{stage}_ms_mean"] = round(1000 * total / count, 3) if count else None
+        out[f"{stage}_count"] = int(count)
+    batches = after.get("yolo_batch_size_count", 0) - before.get("yolo_batch_size_count", 0)
+    images = after.get("yolo_batch_size_sum", 0) - before.get("yolo_batch_size_sum", 0)
+    out["batches"] = int(batches)
+    out["mean_batch_size"] = round(images / batches, 2) if batches else None
+    return out
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+async def _load(url: str, *, content: bytes, headers: dict[str, str], concurrency: int, requests: int) -> dict:
+    latencies: list[float] = []
+    remaining = requests
+
+    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=concurrency)) as client:
+        async def worker() -> None:
+            nonlocal remaining
+            while remaining > 0:
+                remaining -= 1
+                start = time.perf_counter()
+                response = await client.post(url, content=content, headers=headers)
+                latencies.append(time.perf_counter() - start)
+                if response.status_code != 200:
+                    raise RuntimeError(f"HTTP {response.status_code}: {response.text[:300]}")
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - start
+    return {
+        "concurrency": concurrency,
+        "requests": len(latencies),
+        "throughput_rps": round(len(latencies) / wall, 3),
+        "latency_ms_p50": round(1000 * _percentile(latencies, 50), 2),
+        "latency_ms_p99": round(1000 * _percentile(latencies, 99), 2),
+        "latency_ms_mean": round(1000 * statistics.fmean(latencies), 2),
+    }
+
+
+def run(out_dir: Path, quick: bool) -> dict[str, Any]:
+    fixtures = _fixtures()
+    weights = fixtures / "yolov7-tiny-random.pt"
+    image_path = fixtures / "images" / "bus.jpg"
+    if not weights.is_file() or not image_path.is_file():
+        return {"skipped": f"fixtures not found under {fixtures} (set YOLO_FIXTURES)"}
+    device = os.environ.get("YOLO_BENCH_DEVICE", "cpu")
+    jpeg = image_path.read_bytes()
+    confidence = 0.25
+    json_body = json.dumps({
+        "inputs": [{"name": "images", "shape": [1], "datatype": "BYTES", "data": [base64.b64encode(jpeg).decode()]}],
+        "parameters": {"confidence": confidence},
+    }).encode()
+    json_headers = {"content-type": "application/json"}
+    raw = len(jpeg).to_bytes(4, "little") + jpeg
+    header = json.dumps({
+        "inputs": [{"name": "images", "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": len(raw)}}],
+        "parameters": {"confidence": confidence},
+    }).encode()
+    binary_body = header + raw
+    binary_headers = {"content-type": "application/octet-stream", "inference-header-content-length": str(len(header))}
+    counts = {1: 5, 8: 16, 32: 32} if quick else {1: 40, 8: 96, 32: 192}
+
+    result: dict[str, Any] = {
+        "model": "yolov7-tiny (fixture checkpoint, random weights)",
+        "image": f"{image_path.name} ({len(jpeg)} bytes JPEG, 810x1080)",
+        "device": device,
+        "input_size": 640,
+        "confidence": confidence,
+        "protocol": "REST v2 JSON (base64 BYTES)",
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "quick": quick,
+        "runs": [],
+    }
+    with predictor_server(weights, device=device, extra_args=["--enable_latency_logging", "false"]) as server, \
+            httpx.Client(timeout=60) as client:
+        url = server.infer_url
+        for _ in range(3):  # warm-up
+            client.post(url, content=json_body, headers=json_headers).raise_for_status()
+        for concurrency in CONCURRENCY:
+            before = _scrape(client, server.http_url)
+            stats = asyncio.run(_load(url, content=json_body, headers=json_headers, concurrency=concurrency,
+                                      requests=counts[concurrency]))
+            stats.update(_stage_means(before, _scrape(client, server.http_url)))
+            result["runs"].append(stats)
+        before = _scrape(client, server.http_url)
+        binary = asyncio.run(_load(url, content=binary_body, headers=binary_headers, concurrency=1,
+                                   requests=counts[1]))
+        binary.update(_stage_means(before, _scrape(client, server.http_url)))
+        binary["protocol"] = "REST v2 binary tensor extension"
+        result["binary_c1"] = binary
+
+    c1 = result["runs"][0]
+    forward = c1["forward_ms_mean"]
+    overhead = c1["latency_ms_mean"] - forward
+    result["overhead_c1"] = {
+        "e2e_ms_mean": c1["latency_ms_mean"],
+        "forward_ms_mean": forward,
+        "overhead_ms": round(overhead, 2),
+        "overhead_pct_of_forward": round(100 * overhead / forward, 1),
+        "binary_overhead_ms": round(binary["latency_ms_mean"] - binary["forward_ms_mean"], 2),
+        "binary_overhead_pct_of_forward": round(
+            100 * (binary["latency_ms_mean"] - binary["forward_ms_mean"]) / binary["forward_ms_mean"], 1),
+        "target_pct": 10,
+    }
+    return result
+
+
+if __name__ == "__main__":
+    out = run(Path("."), "--quick" in sys.argv)
+    print(json.dumps(out, indent=2))

@@ -1,0 +1,57 @@
+"""``python -m predictor`` start-up: flags from KServe's parser and ours, weights paths, clear errors."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.tools.predictor_server import REPO_ROOT
+
+
+def _run(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "predictor", *args], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_help_lists_kserve_and_predictor_options():
+    result = _run("--help")
+    assert result.returncode == 0, result.stderr
+    for flag in ("--model_name", "--http_port", "--grpc_port", "--weights", "--max_batch_size", "--max_request_bytes",
+                 "YOLO_MAX_BATCH_SIZE"):
+        assert flag in result.stdout, flag
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        ((), "the directory holds no checkpoint"),
+        (("a.pt", "b.safetensors"), "holds 2 checkpoints (a.pt, b.safetensors); pass the file itself"),
+    ],
+)
+def test_weights_directory_must_hold_one_checkpoint(tmp_path: Path, files, message):
+    for name in files:
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "README.txt").write_text("not a checkpoint")
+    result = _run("--weights", str(tmp_path), "--device", "cpu", "--http_port", "0", "--grpc_port", "0")
+    assert result.returncode != 0
+    assert message in result.stderr
+
+
+def test_missing_weights_and_bad_settings_are_named():
+    result = _run("--weights", "/nonexistent/yolov7.pt", "--device", "cpu")
+    assert result.returncode != 0 and "/nonexistent/yolov7.pt: no such file or directory" in result.stderr
+    result = _run("--weights", "/nonexistent", "--max_batch_size", "0")
+    assert result.returncode == 2 and "--max_batch_size must be >= 1" in result.stderr
+
+
+def test_weights_directory_with_one_checkpoint_resolves(tmp_path: Path, tiny_weights: Path):
+    from predictor.service import resolve_weights
+
+    shutil.copy(tiny_weights, tmp_path / "model.pt")
+    (tmp_path / "notes.txt").write_text("x")
+    assert resolve_weights(tmp_path) == tmp_path / "model.pt"
+    assert resolve_weights(tmp_path / "model.pt") == tmp_path / "model.pt"
