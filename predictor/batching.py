@@ -44,6 +44,9 @@ class DynamicBatcher(Generic[T, R]):
             still form from items that queued while the previous batch ran).
         on_batch: called (in the worker thread, before ``process``) with the batch size and the oldest
             item's queueing delay in seconds — e.g. to feed metrics.
+        incoming: optional; how many items are on their way (e.g. requests still being decoded). When it
+            says none, a partial batch runs at once instead of waiting out ``max_delay_s`` for company
+            that cannot come — so a lone request pays no batching delay.
     """
 
     def __init__(
@@ -53,6 +56,7 @@ class DynamicBatcher(Generic[T, R]):
         max_batch_size: int,
         max_delay_s: float,
         on_batch: Callable[[int, float], None] | None = None,
+        incoming: Callable[[], int] | None = None,
         name: str = "batcher",
     ):
         if max_batch_size < 1:
@@ -63,6 +67,7 @@ class DynamicBatcher(Generic[T, R]):
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_s
         self._on_batch = on_batch
+        self._incoming = incoming
         self._name = name
         self._pending: deque[_Pending[T]] = deque()
         self._wakeup: asyncio.Event | None = None
@@ -139,7 +144,7 @@ class DynamicBatcher(Generic[T, R]):
             deadline = self._pending[0].enqueued + self.max_delay_s
             while len(self._pending) < self.max_batch_size:
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                if remaining <= 0 or (self._incoming is not None and self._incoming() <= 0):
                     break
                 wakeup.clear()
                 try:

@@ -20,7 +20,7 @@ import os
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -46,6 +46,8 @@ class PreparedImage:
     info: LetterboxInfo | None = None
     jpeg: bytes | None = None
     where: str = "image"
+    # seconds spent on this image per stage; "forward"/"postprocess" are its batch's, "batch" its id
+    timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -76,11 +78,14 @@ class DetectionPipeline:
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="yolo-decode")
         cuda = detector.device.type == "cuda"
         self.gpu_decode = cuda if gpu_decode is None else (gpu_decode and cuda)
+        self._preparing = 0  # images being decoded now: they will reach the batcher shortly
+        self._batch_id = 0
         self.batcher: DynamicBatcher[PreparedImage, Detections] = DynamicBatcher(
             self._process_batch,
             max_batch_size=max_batch_size,
             max_delay_s=max_batch_delay_s,
             on_batch=self._observe_batch,
+            incoming=lambda: self._preparing,
             name="yolo-forward",
         )
 
@@ -92,7 +97,11 @@ class DetectionPipeline:
             loop.run_in_executor(self._pool, self._prepare_one, source, params, f"image {index}")
             for index, source in enumerate(sources)
         ]
-        results = await asyncio.gather(*tasks, return_exceptions=True)
+        self._preparing += len(tasks)
+        try:
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            self._preparing -= len(tasks)
         for result in results:
             if isinstance(result, BaseException):
                 raise result
@@ -108,6 +117,7 @@ class DetectionPipeline:
 
     # ----- thread pool side -------------------------------------------------------------------------
     def _prepare_one(self, source: ImageSource, params: DetectParams, where: str) -> PreparedImage:
+        timings: dict[str, float] = {}
         if isinstance(source, bytes):
             if self.gpu_decode:
                 info = codec.probe_image(source, where)
@@ -116,14 +126,16 @@ class DetectionPipeline:
                     return PreparedImage(params=params, jpeg=source, where=where)
             start = time.perf_counter()
             image = codec.decode_image(source, self.limits.max_pixels, where)
-            self.metrics.stage.labels("decode").observe(time.perf_counter() - start)
+            timings["decode"] = time.perf_counter() - start
+            self.metrics.stage.labels("decode").observe(timings["decode"])
         else:
             image = codec.check_pixel_array(source, self.limits.max_pixels, where)
         start = time.perf_counter()
         letterboxed, ratio, pad = ops.letterbox(image, self.input_size)
         info = LetterboxInfo((int(image.shape[0]), int(image.shape[1])), ratio, pad)
-        self.metrics.stage.labels("preprocess").observe(time.perf_counter() - start)
-        return PreparedImage(params=params, letterboxed=letterboxed, info=info, where=where)
+        timings["preprocess"] = time.perf_counter() - start
+        self.metrics.stage.labels("preprocess").observe(timings["preprocess"])
+        return PreparedImage(params=params, letterboxed=letterboxed, info=info, where=where, timings=timings)
 
     # ----- worker thread side -----------------------------------------------------------------------
     def _observe_batch(self, size: int, waited: float) -> None:
@@ -148,7 +160,9 @@ class DetectionPipeline:
         raw = detector.forward(batch)
         if raw.device.type == "cuda":
             torch.cuda.synchronize(raw.device)
-        self.metrics.stage.labels("forward").observe(time.perf_counter() - start)
+        forward = time.perf_counter() - start
+        self.metrics.stage.labels("forward").observe(forward)
+        self._batch_id += 1
 
         start = time.perf_counter()
         groups: dict[DetectParams, list[int]] = {}  # thresholds -> rows of ``raw``
@@ -159,7 +173,10 @@ class DetectionPipeline:
             infos = [items[kept[row]].info for row in rows]
             for row, det in zip(rows, detector.postprocess(select, infos, **params.as_kwargs()), strict=True):
                 results[kept[row]] = det
-        self.metrics.stage.labels("postprocess").observe(time.perf_counter() - start)
+        postprocess = time.perf_counter() - start
+        self.metrics.stage.labels("postprocess").observe(postprocess)
+        for index in kept:
+            items[index].timings.update(forward=forward, postprocess=postprocess, batch=self._batch_id)
         return results  # type: ignore[return-value]
 
     def _gpu_batch(
@@ -174,11 +191,15 @@ class DetectionPipeline:
         jpeg_indices = [i for i, item in enumerate(items) if item.jpeg is not None]
         start = time.perf_counter()
         try:
-            import torchvision.io as tvio
-
+            from torchvision.io import ImageReadMode, decode_jpeg
+        except ImportError:  # a torchvision without image decoding: CPU decoding from now on
+            log.warning("torchvision.io.decode_jpeg is unavailable; decoding JPEGs on the CPU from now on")
+            self.gpu_decode = False
+            decode_jpeg = None
+        try:
             data = [torch.frombuffer(bytearray(items[i].jpeg), dtype=torch.uint8) for i in jpeg_indices]
-            decoded = tvio.decode_jpeg(data, mode=tvio.ImageReadMode.RGB, device=detector.device)
-        except Exception:  # noqa: BLE001 - nvJPEG unavailable or refused the data: decode on the CPU
+            decoded = decode_jpeg(data, mode=ImageReadMode.RGB, device=detector.device) if decode_jpeg else None
+        except Exception:  # noqa: BLE001 - nvJPEG refused the data: decode this batch on the CPU
             log.warning("GPU JPEG decoding failed; decoding this batch on the CPU", exc_info=True)
             decoded = None
         tensors: list[torch.Tensor | None] = [None] * len(items)
@@ -200,7 +221,10 @@ class DetectionPipeline:
             except Exception as error:  # noqa: BLE001 - this image's own failure
                 results[index] = error
             item.jpeg = None
-        self.metrics.stage.labels("decode").observe(time.perf_counter() - start)
+        decode = time.perf_counter() - start
+        self.metrics.stage.labels("decode").observe(decode)
+        for index in jpeg_indices:  # one batched decode, shared out evenly
+            items[index].timings["decode"] = decode / len(jpeg_indices)
         kept = [i for i in range(len(items)) if results[i] is None]
         cpu_indices = [i for i in kept if tensors[i] is None]
         if cpu_indices:
@@ -211,6 +235,22 @@ class DetectionPipeline:
             return None, kept
         batch = torch.stack([tensors[i].to(detector.device, detector.dtype) for i in kept])  # type: ignore[union-attr]
         return batch.contiguous(memory_format=torch.channels_last), kept
+
+    @staticmethod
+    def server_timing(prepared: Sequence[PreparedImage]) -> str:
+        """A ``Server-Timing`` header value for one request: per stage, milliseconds summed over its
+        images (forward and NMS once per batch its images were in)."""
+        totals = {"decode": 0.0, "preprocess": 0.0, "forward": 0.0, "postprocess": 0.0}
+        seen_batches: set[float] = set()
+        for item in prepared:
+            totals["decode"] += item.timings.get("decode", 0.0)
+            totals["preprocess"] += item.timings.get("preprocess", 0.0)
+            batch = item.timings.get("batch")
+            if batch is not None and batch not in seen_batches:
+                seen_batches.add(batch)
+                totals["forward"] += item.timings.get("forward", 0.0)
+                totals["postprocess"] += item.timings.get("postprocess", 0.0)
+        return ", ".join(f"{name};dur={1000 * seconds:.3f}" for name, seconds in totals.items())
 
     # ----- direct use (warm-up, benchmarks) ---------------------------------------------------------
     def summary(self) -> dict[str, Any]:

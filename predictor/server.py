@@ -110,16 +110,21 @@ def install(app: FastAPI, server: Any, *, model: Any, max_request_bytes: int, de
     async def infer(raw_request: Request, raw_response: Response, model_name: str) -> Any:
         body = await raw_request.body()
         header_length = raw_request.headers.get(INFERENCE_CONTENT_LENGTH_HEADER)
-        if header_length is not None:
-            request_body: Any = infer_request_from_binary(body, header_length, model_name)
-        else:
-            try:
-                request_body = InferenceRequest.model_validate_json(body)
-            except ValidationError as error:
-                problems = "; ".join(
-                    f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in error.errors()[:5]
-                )
-                raise RequestError(f"invalid v2 inference request: {problems}", "request") from None
+        try:
+            if header_length is not None:
+                request_body: Any = infer_request_from_binary(body, header_length, model_name)
+            else:
+                try:
+                    request_body = InferenceRequest.model_validate_json(body)
+                except ValidationError as error:
+                    problems = "; ".join(
+                        f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in error.errors()[:5]
+                    )
+                    raise RequestError(f"invalid v2 inference request: {problems}", "request") from None
+        except RequestError as error:
+            if metrics is not None:
+                metrics.errors.labels("v2", error.code).inc()
+            raise
         return await endpoints.infer(raw_request, raw_response, model_name, request_body)
 
     async def model_metadata(model_name: str) -> dict[str, Any]:

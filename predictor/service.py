@@ -60,7 +60,7 @@ class _Job:
 
 class YoloV7Model(kserve.Model):
     def __init__(self, name: str, settings: PredictorSettings):
-        super().__init__(name)
+        super().__init__(name, return_response_headers=True)
         self.settings = settings
         self.pipeline: Any = None
         self.names: list[str] = []
@@ -167,11 +167,17 @@ class YoloV7Model(kserve.Model):
         self.metrics.images.inc(len(prepared))
         return _Job(protocol=protocol, request=payload, prepared=prepared)
 
-    async def predict(self, job: _Job, headers: dict[str, str] | None = None) -> _Job:
+    async def predict(
+        self, job: _Job, headers: dict[str, str] | None = None, response_headers: dict[str, str] | None = None
+    ) -> _Job:
         job.detections = await self.pipeline.detect(job.prepared)
         return job
 
-    async def postprocess(self, job: _Job, headers: dict[str, str] | None = None) -> Any:
+    async def postprocess(
+        self, job: _Job, headers: dict[str, str] | None = None, response_headers: dict[str, str] | None = None
+    ) -> Any:
+        if response_headers is not None:
+            response_headers["Server-Timing"] = self.pipeline.server_timing(job.prepared)
         sizes = [item.size for item in job.prepared]
         if job.protocol == "v1":
             return codec.v1_response(job.detections, sizes, self.names)

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import cv2
 import numpy as np
 
 from .errors import CliError, PredictorRejected, PredictorUnreachable
@@ -109,7 +110,7 @@ class LocalClient:
         classes = None
         if params.classes:
             classes = [resolve_class(item, self.names) for item in params.classes]
-        images = [frame.image for frame in frames]
+        images = [cv2.cvtColor(frame.image, cv2.COLOR_BGR2RGB) for frame in frames]
         with self._lock:
             detections = self.detector.detect(
                 images,

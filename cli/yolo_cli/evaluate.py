@@ -117,7 +117,7 @@ def coco_metrics(annotations: dict[str, Any], results: list[dict[str, Any]], ima
 
 
 def format_table(metrics: dict[str, float | None], header: str) -> str:
-    lines = [header, f"{'metric':<10} {'value':>6}  ", f"{'-' * 10} {'-' * 6}"]
+    lines = [header, f"{'metric':<10} {'value':>6}", f"{'-' * 10} {'-' * 6}"]
     for key, _, description in METRICS:
         value = metrics[key]
         shown = "n/a" if value is None else f"{value:.4f}"
@@ -165,6 +165,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         client = make_client(args)
         try:
+            served = (getattr(client, "metadata", None) or {}).get("parameters", {}).get("input_size")
+            if served and int(served) != OFFICIAL_INPUT_SIZE:
+                warn(f"the predictor letterboxes to {served}, not {OFFICIAL_INPUT_SIZE}: the official evaluation "
+                     f"runs at {OFFICIAL_INPUT_SIZE} (start it with --input_size {OFFICIAL_INPUT_SIZE})")
             mode = args.category_map or default_category_map(client.names)
             category = category_mapper(mode, client.names, annotations)
             params = Params(conf=args.conf, iou=args.iou, max_det=args.max_det)
@@ -198,7 +202,7 @@ def run(args: argparse.Namespace) -> int:
         "images": len(evaluated),
         "annotations": sum(1 for a in annotations["annotations"] if a["image_id"] in set(evaluated)),
         "detections": len(results),
-        "settings": {"conf": args.conf, "iou": args.iou, "max_det": args.max_det},
+        "settings": None if args.detections else {"conf": args.conf, "iou": args.iou, "max_det": args.max_det},
         "source": description,
         "seconds": round(elapsed, 3),
         "complete": not interrupted and len(evaluated) == len(images),
@@ -210,8 +214,9 @@ def run(args: argparse.Namespace) -> int:
         else:
             Path(args.json).write_text(text + "\n", encoding="utf-8")
     if args.json != "-":
-        header = (f"{len(evaluated)} images, {report['annotations']} objects, {len(results)} detections "
-                  f"(conf {args.conf:g}, iou {args.iou:g}, max_det {args.max_det}) via {description}")
+        settings = "" if args.detections else f" (conf {args.conf:g}, iou {args.iou:g}, max_det {args.max_det})"
+        header = (f"{len(evaluated)} images, {report['annotations']} objects, {len(results)} detections"
+                  f"{settings} via {description}")
         print(format_table(metrics, header))
     if interrupted:
         return EXIT_INTERRUPTED

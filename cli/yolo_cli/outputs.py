@@ -30,9 +30,9 @@ PALETTE: tuple[tuple[int, int, int], ...] = (
 )  # fmt: skip
 
 
-def draw(image_rgb: np.ndarray, result: Result) -> np.ndarray:
-    """Boxes and "label score" tags drawn on a BGR copy of the image."""
-    canvas = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR)
+def draw(image_bgr: np.ndarray, result: Result) -> np.ndarray:
+    """Boxes and "label score" tags drawn on a copy of the (BGR) image."""
+    canvas = image_bgr.copy()
     height, width = canvas.shape[:2]
     thickness = max(1, round((height + width) / 2 * 0.003))
     font_scale = max(0.35, thickness / 3)

@@ -40,7 +40,8 @@ class Source:
 
 @dataclass
 class Frame:
-    """One unit of work, in input order. ``image`` is RGB uint8 once loaded; ``data`` the encoded bytes
+    """One unit of work, in input order. ``image`` holds the pixels once loaded, BGR uint8 as OpenCV
+    reads and writes them (converted to RGB only for the in-process model); ``data`` the encoded bytes
     (the file's own bytes for image files, so the predictor decodes exactly what is on disk)."""
 
     index: int
@@ -147,8 +148,7 @@ def iter_frames(
                     break
                 upcoming_ok, upcoming = capture.read()
                 last = not upcoming_ok or (max_frames is not None and number + 1 >= max_frames)
-                yield Frame(index, source, frame=number, image=cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB),
-                            fps=fps, last=last)
+                yield Frame(index, source, frame=number, image=bgr, fps=fps, last=last)
                 index += 1
                 number += 1
                 ok, bgr = upcoming_ok, upcoming
@@ -161,7 +161,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def load_image(frame: Frame, *, need_bytes: bool, jpeg_quality: int = 95) -> None:
-    """Fill ``frame.image`` (RGB) and, if ``need_bytes``, ``frame.data`` (JPEG or PNG bytes).
+    """Fill ``frame.image`` (BGR) and, if ``need_bytes``, ``frame.data`` (JPEG or PNG bytes).
 
     Image files are decoded here so that an unreadable file is caught (and named) on the client. Their
     own bytes are sent when they are JPEG or PNG; other formats (BMP, TIFF, ...) are re-encoded as PNG
@@ -177,15 +177,14 @@ def load_image(frame: Frame, *, need_bytes: bool, jpeg_quality: int = 95) -> Non
         bgr = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR) if raw else None
         if bgr is None:
             raise UnreadableInput(f"cannot decode {frame.source.name}: not an image OpenCV can read")
-        frame.image = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        frame.image = bgr
         if need_bytes:
             if raw.startswith(JPEG_MAGIC) or raw.startswith(PNG_MAGIC):
                 frame.data = raw
             else:
                 frame.data = _encode(bgr, ".png")
     elif need_bytes and frame.data is None:
-        bgr = cv2.cvtColor(frame.image, cv2.COLOR_RGB2BGR)
-        frame.data = _encode(bgr, ".jpg", [int(cv2.IMWRITE_JPEG_QUALITY), jpeg_quality])
+        frame.data = _encode(frame.image, ".jpg", [int(cv2.IMWRITE_JPEG_QUALITY), jpeg_quality])
 
 
 def _encode(bgr: np.ndarray, extension: str, params: Sequence[int] = ()) -> bytes:

@@ -154,8 +154,9 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.
     settings.watching.client_timeout = 330
     settings.watching.reconnect_backoff = 1.0
     settings.networking.connect_timeout = 5
-    # ride out an API server outage of about five minutes (an upgrade) before giving up and exiting
-    settings.networking.error_backoffs = (1, 1, 2, 3, 5, 8, 13, 21, 30, 30, 30, 30, 30, 30, 30, 30, 30)
+    # ride out an API server outage of about five minutes (an upgrade) before giving up and exiting, retrying
+    # every 5 s at most so that the watches resume within seconds of the API server's return
+    settings.networking.error_backoffs = (1, 1, 2, 3, *([5] * 60))
     settings.execution.max_workers = 8
     memo.kube = Kube(api_client())
     logger.info(f"yolo-v7 operator: image {memo.config.image}, namespaces "

@@ -1,7 +1,8 @@
 """Model benchmark: network forward speed per variant.
 
-CPU (fp32): our path (BN folded, RepConv re-parameterised — ``fuse=True``) against the eager *unfused*
-network, measured in the same run, batch 1 and 8, median of N after warm-up; ms/image and the ratio.
+CPU (fp32): our path (BN folded, RepConv re-parameterised — ``fuse=True`` — and channels-last memory, as
+the Detector runs it) against the eager *unfused* NCHW network, interleaved in the same run, batch 1 and
+8, median of N after warm-up; ms/image and the ratio (plus fused NCHW at batch 1).
 CUDA (fp16), when present: :meth:`predictor.engine.Detector.forward` with ``accel`` eager, cudagraph and
 compile at batch 1/8/32/64 — latency per batch and images/s.
 
@@ -9,8 +10,8 @@ Weights values do not matter for speed: the fixture checkpoints are used when pr
 randomly initialised network. ``run(out_dir, quick)`` is called by ``python -m tests.bench.run``;
 ``python -m tests.bench.model_bench [--quick]`` runs it alone.
 Environment: ``YOLO_BENCH_COMPILE_MODE`` (torch.compile mode; default ``max-autotune-no-cudagraphs``,
-``default`` in quick mode), ``YOLO_BENCH_CUDA_BATCHES`` (e.g. ``1,8``), ``YOLO_BENCH_ACCELS`` (e.g.
-``eager,cudagraph``), ``YOLO_BENCH_SKIP_CPU=1``.
+``default`` in quick mode), ``YOLO_BENCH_CPU_BATCHES`` / ``YOLO_BENCH_CUDA_BATCHES`` (e.g. ``1,8``),
+``YOLO_BENCH_ACCELS`` (e.g. ``eager,cudagraph``), ``YOLO_BENCH_SKIP_CPU=1``.
 """
 
 from __future__ import annotations
@@ -91,23 +92,24 @@ def _time_interleaved(fns: dict[str, Callable[[], Any]], *, warmup: int, repeat:
 
 
 def bench_cpu(quick: bool) -> list[dict]:
-    """fused (ours) vs unfused eager, interleaved; at batch 1 also fused + channels-last memory."""
+    """Our path (fused, channels-last — what :class:`~predictor.engine.Detector` runs) against the
+    unfused eager reference (NCHW), interleaved; at batch 1 also fused NCHW, to separate the two gains."""
     size = 320 if quick else 640
-    batches = (1,) if quick else (1, 8)
+    batches = _env_list("YOLO_BENCH_CPU_BATCHES", (1,) if quick else (1, 8), int)
     rows = []
     for variant in VARIANTS:
         fused, unfused, source = build_models(variant)
-        fused_cl = copy.deepcopy(fused).to(memory_format=torch.channels_last)
+        ours = copy.deepcopy(fused).to(memory_format=torch.channels_last)
         for batch in batches:
             x = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
             x_cl = x.contiguous(memory_format=torch.channels_last)
             repeat = 2 if quick else (3 if variant == "yolov7" and batch == 8 else 5)
-            fns = {"fused": partial(fused, x), "unfused": partial(unfused, x)}
+            fns = {"ours": partial(ours, x_cl), "unfused": partial(unfused, x)}
             if batch == 1:
-                fns["fused_channels_last"] = partial(fused_cl, x_cl)
+                fns["fused_nchw"] = partial(fused, x)
             with torch.inference_mode():
                 res = _time_interleaved(fns, warmup=1, repeat=repeat)
-            f, u = res["fused"]["median_ms"], res["unfused"]["median_ms"]
+            f, u = res["ours"]["median_ms"], res["unfused"]["median_ms"]
             row = {
                 "variant": variant,
                 "device": "cpu",
@@ -115,27 +117,23 @@ def bench_cpu(quick: bool) -> list[dict]:
                 "input": size,
                 "batch": batch,
                 "weights": source,
-                "fused_ms_per_batch": round(f, 2),
-                "fused_ms_per_image": round(f / batch, 2),
+                "ours_ms_per_batch": round(f, 2),
+                "ours_ms_per_image": round(f / batch, 2),
                 "unfused_ms_per_batch": round(u, 2),
                 "unfused_ms_per_image": round(u / batch, 2),
-                "speedup_fused_vs_unfused": round(u / f, 3),
+                "speedup_vs_unfused": round(u / f, 3),
                 "timings": res,
             }
-            if "fused_channels_last" in res:
-                row["fused_channels_last_ms_per_image"] = round(res["fused_channels_last"]["median_ms"], 2)
+            if "fused_nchw" in res:
+                row["fused_nchw_ms_per_image"] = round(res["fused_nchw"]["median_ms"], 2)
             rows.append(row)
             print(
-                f"  cpu {variant} b{batch}@{size}: fused {f / batch:.1f} ms/img, "
+                f"  cpu {variant} b{batch}@{size}: ours (fused, channels-last) {f / batch:.1f} ms/img, "
                 f"unfused {u / batch:.1f} ms/img (x{u / f:.2f})"
-                + (
-                    f", fused+channels_last {row['fused_channels_last_ms_per_image']:.1f}"
-                    if batch == 1
-                    else ""
-                ),
+                + (f", fused NCHW {row['fused_nchw_ms_per_image']:.1f}" if batch == 1 else ""),
                 file=sys.stderr,
             )
-        del fused, unfused, fused_cl
+        del fused, unfused, ours
     return rows
 
 

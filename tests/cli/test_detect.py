@@ -47,7 +47,7 @@ def edge_pixels(shape: tuple[int, int], boxes: list[list[float]]) -> np.ndarray:
 
 
 def test_images_rest_equal_local(cli_server, fixture_images: Path, tiny_weights: Path, tmp_path: Path):
-    rest = ok(run_cli("detect", fixture_images, "--url", cli_server.http_url, "--conf", CONF,
+    rest = ok(run_cli("detect", fixture_images, "--url", cli_server.http_url, "--conf", CONF, "--concurrency", "1",
                       "--jsonl", tmp_path / "rest.jsonl", "-q"))
     assert rest.stderr == ""  # --quiet: no progress bar, no summary
     ok(run_cli("detect", fixture_images, "--local", "--weights", tiny_weights, "--device", "cpu", "--conf", CONF,
@@ -179,10 +179,11 @@ def test_unreadable_inputs_are_skipped_and_named(cli_server, fixture_images: Pat
     shutil.copy(fixture_images / "zidane.jpg", folder / "a.jpg")
     (folder / "b.jpg").write_bytes(b"this is not a JPEG")
     shutil.copy(fixture_images / "horses.jpg", folder / "c.jpg")
+    (folder / "d.mp4").write_bytes(b"not a video either")
     missing = tmp_path / "nowhere.png"
     result = run_cli("detect", folder, missing, "--url", cli_server.http_url, "--jsonl", tmp_path / "d.jsonl")
     assert result.returncode == 1, result.stderr
-    assert "b.jpg" in result.stderr and str(missing) in result.stderr
+    assert "b.jpg" in result.stderr and "d.mp4" in result.stderr and str(missing) in result.stderr
     assert "Traceback" not in result.stderr
     assert [Path(item["file"]).name for item in read_jsonl(tmp_path / "d.jsonl")] == ["a.jpg", "c.jpg"]
 

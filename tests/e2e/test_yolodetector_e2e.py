@@ -102,7 +102,7 @@ def test_local_kubelet_rewrites_only_python_ports_and_mapped_paths():
 @pytest.mark.cluster
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_apply_infer_patch_delete(kube, namespace, yolo_fixtures, tmp_path):
+def test_apply_infer_patch_delete(yolo_fixtures, kube, namespace, tmp_path):
     from tests.cluster.helpers import Api, Operator, install_crd, wait_for
 
     checkpoint = yolo_fixtures / "yolov7-tiny-random.pt"

@@ -41,3 +41,13 @@ def test_oversize_bodies_are_counted(http, server):
     after = scrape(http, server)
     key = 'yolo_request_errors_total{code="payload_too_large",protocol="v2"}'
     assert after.get(key, 0) - before.get(key, 0) == 1
+
+
+def test_server_timing_header(http, server, images):
+    response = http.post(server.infer_url, json=v2_request(images["bus"], images["zidane"]))
+    assert response.status_code == 200
+    timing = dict(part.strip().split(";dur=") for part in response.headers["server-timing"].split(","))
+    assert set(timing) == set(STAGES)
+    assert all(float(value) > 0 for value in timing.values()), timing
+    v1 = http.post(server.predict_url, json={"instances": [b64(images["bus"])]})
+    assert "forward;dur=" in v1.headers["server-timing"]

@@ -42,6 +42,7 @@ KUBE_VERSION = "v1.20.2"
 DEFAULT_CACHE = Path("~/.cache/yolo-v7/kube").expanduser()
 KSERVE_CRD_FILE = "serving.kserve.io_inferenceservices.yaml"
 KSERVE_CRD_NAME = "inferenceservices.serving.kserve.io"
+KSERVE_OPENAPI_DEFINITION = "io.kserve.serving.v1beta1.InferenceService"
 SERVICE_CIDR = "10.0.0.0/24"
 DEFAULT_CONTROLLERS = ("garbagecollector", "namespace", "serviceaccount", "serviceaccount-token")
 
@@ -178,6 +179,23 @@ def wait_crd_established(kubeconfig: str | os.PathLike[str], name: str, timeout:
         time.sleep(0.25)
 
 
+def wait_openapi_published(kubeconfig: str | os.PathLike[str], definition: str, timeout: float = 90) -> float:
+    """Poll /openapi/v2 until it holds ``definition`` (e.g. ``io.kserve.serving.v1beta1.InferenceService``).
+
+    The API server publishes a CRD's schema some seconds after the CRD is Established; kubectl's
+    validation (what rejects unknown fields on v1.20) only sees it from then on. Returns the seconds waited.
+    """
+    t0 = time.monotonic()
+    needle = f'"{definition}"'
+    while True:
+        proc = kubectl(kubeconfig, "get", "--raw", "/openapi/v2", check=False, timeout=60)
+        if proc.returncode == 0 and needle in proc.stdout:
+            return time.monotonic() - t0
+        if time.monotonic() - t0 > timeout:
+            raise TimeoutError(f"{definition} not in /openapi/v2 after {timeout:.0f} s")
+        time.sleep(1)
+
+
 def apply_docs(kubeconfig: str | os.PathLike[str], docs: Iterable[dict], field_manager: str = "yolo-tests",
                server_side: bool = True) -> None:
     """Apply manifests (server-side by default: large CRDs exceed the client-side annotation limit)."""
@@ -220,8 +238,10 @@ def install_kserve_crd(kubeconfig: str | os.PathLike[str], fixtures: str | os.Pa
         raise FileNotFoundError(f"KServe CRD fixture missing: {path} (set YOLO_FIXTURES)")
     if not replace_existing and crd_exists(kubeconfig, KSERVE_CRD_NAME):
         wait_crd_established(kubeconfig, KSERVE_CRD_NAME)
+        wait_openapi_published(kubeconfig, KSERVE_OPENAPI_DEFINITION)
         return KSERVE_CRD_NAME
     install_crd(kubeconfig, path, timeout=120)
+    wait_openapi_published(kubeconfig, KSERVE_OPENAPI_DEFINITION)
     return KSERVE_CRD_NAME
 
 
@@ -250,7 +270,7 @@ class Cluster:
     def install_kserve_crd(self, fixtures: str | os.PathLike[str] | None = None) -> str:
         return install_kserve_crd(self.kubeconfig, fixtures, replace_existing=self.local)
 
-    def restart_apiserver(self, downtime: float = 0.0) -> None:
+    def restart_apiserver(self, downtime: float = 0.0, graceful: bool = True) -> None:
         raise ClusterUnavailable("cannot restart the API server of an external cluster (KUBECONFIG)")
 
     def logs(self) -> dict[str, str]:
@@ -366,14 +386,18 @@ class LocalCluster(Cluster):
 
     def stop(self, force_keep: bool = False) -> None:
         for name in ("kube-controller-manager", "kube-apiserver", "etcd"):
-            self._stop_proc(name)
+            self._stop_proc(name, grace=3)
         if self.dir is not None and not (self.keep or force_keep):
             shutil.rmtree(self.dir, ignore_errors=True)
 
-    def restart_apiserver(self, downtime: float = 0.0) -> None:
-        """Stop kube-apiserver (SIGTERM), wait ``downtime`` s, start it again on the same port, wait ready."""
+    def restart_apiserver(self, downtime: float = 0.0, graceful: bool = True) -> None:
+        """Stop kube-apiserver, wait ``downtime`` s, start it again on the same port and data, wait ready.
+
+        ``graceful``: SIGTERM, then SIGKILL after 5 s (v1.20 would wait up to 60 s for open watches to
+        end); ``graceful=False``: SIGKILL at once (a crash). Either way clients' watches are cut.
+        """
         with self._lock:
-            self._stop_proc("kube-apiserver")
+            self._stop_proc("kube-apiserver", grace=5 if graceful else 0)
             if downtime:
                 time.sleep(downtime)
             self._start_apiserver()
@@ -415,17 +439,21 @@ class LocalCluster(Cluster):
         self.procs[name] = proc
         return proc
 
-    def _stop_proc(self, name: str, timeout: float = 15) -> None:
+    def _stop_proc(self, name: str, grace: float = 5) -> None:
+        """SIGTERM, then SIGKILL after ``grace`` s (0: SIGKILL at once)."""
         proc = self.procs.pop(name, None)
         if proc is None:
             return
         if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
+            if grace > 0:
+                proc.terminate()
+                try:
+                    proc.wait(grace)
+                except subprocess.TimeoutExpired:
+                    pass
+            if proc.poll() is None:
                 proc.kill()
-                proc.wait(5)
+                proc.wait(10)
         with contextlib.suppress(Exception):
             proc._yolo_log.close()  # type: ignore[attr-defined]
 

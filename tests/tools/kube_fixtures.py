@@ -49,10 +49,11 @@ class KubeHandle:
     def install_crd(self, path, timeout: float = 60) -> list[str]:
         return self.cluster.install_crd(path, timeout)
 
-    def restart_apiserver(self, downtime: float = 0.0) -> None:
+    def restart_apiserver(self, downtime: float = 0.0, graceful: bool = True) -> None:
+        """Restart the local API server (same port, same etcd); skips the test on an external cluster."""
         if not self.cluster.local:
             pytest.skip("restarting the API server needs the local test cluster (KUBECONFIG is set)")
-        self.cluster.restart_apiserver(downtime)
+        self.cluster.restart_apiserver(downtime, graceful)
 
     def logs(self) -> dict[str, str]:
         return self.cluster.logs()

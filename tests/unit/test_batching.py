@@ -137,3 +137,23 @@ async def test_an_exception_returned_for_one_item_fails_only_that_item():
     assert outcomes[0] == ["OK1"] and outcomes[2] == ["OK3"]
     assert isinstance(outcomes[1], ValueError) and str(outcomes[1]) == "bad bad2"
     assert batcher.largest_batch == 3  # they shared one batch
+
+
+async def test_no_wait_when_nothing_else_is_on_its_way():
+    """With an ``incoming`` hint of 0 a lone item runs at once instead of waiting out a long delay."""
+    recorder = Recorder()
+    on_the_way = {"count": 0}
+    batcher = DynamicBatcher(recorder, max_batch_size=8, max_delay_s=3600, incoming=lambda: on_the_way["count"])
+    try:
+        assert await asyncio.wait_for(batcher.submit(["alone"]), timeout=30) == [("done", "alone")]
+        # while something is on its way, the collector waits for it and batches it with the first item
+        on_the_way["count"] = 1
+        first = asyncio.ensure_future(batcher.submit(["a"]))
+        await asyncio.sleep(0.05)
+        assert not first.done()
+        on_the_way["count"] = 0
+        second = await asyncio.wait_for(batcher.submit(["b"]), timeout=30)
+        assert await first == [("done", "a")] and second == [("done", "b")]
+    finally:
+        await batcher.close()
+    assert recorder.batches == [["alone"], ["a", "b"]]

@@ -133,7 +133,8 @@ def test_defaults_on_cpu(fake: Detector):
 def test_preprocess_letterboxes_and_stacks(fake: Detector):
     imgs = [_image(100, 200, 0), _image(320, 320, 1), _image(500, 90, 2)]
     x, infos = fake.preprocess(imgs)
-    assert x.shape == (3, 3, 320, 320) and x.dtype == torch.float32 and x.is_contiguous()
+    assert x.shape == (3, 3, 320, 320) and x.dtype == torch.float32
+    assert x.is_contiguous(memory_format=torch.channels_last)
     for i, img in enumerate(imgs):
         lb, ratio, pad = ops.letterbox(img, 320)
         torch.testing.assert_close(x[i], torch.from_numpy(lb).permute(2, 0, 1).float() / 255)
@@ -187,7 +188,8 @@ def test_batch_of_different_sizes_equals_each_alone(fake: Detector):
     together = fake.detect(imgs, conf=0.1)
     for img, d in zip(imgs, together, strict=True):
         (alone,) = fake.detect([img], conf=0.1)
-        torch.testing.assert_close(_as_tensor(d), _as_tensor(alone))
+        # equal up to float32 summation order (batched kernels block differently)
+        torch.testing.assert_close(_as_tensor(d), _as_tensor(alone), atol=1e-3, rtol=1e-5)
 
 
 def test_thresholds_class_filter_agnostic_and_max_det(fake: Detector):
