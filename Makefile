@@ -21,7 +21,7 @@ KUBE_CACHE ?= $(HOME)/.cache/yolo-v7/kube
 
 STAMP := $(VENV)/.installed
 
-.PHONY: help install dev test test-unit test-service test-cluster test-e2e test-browser lint bench \
+.PHONY: help install dev test test-unit test-service test-cli test-cluster test-e2e test-browser lint bench \
         weights build push deploy undeploy kube-bins browser-deps clean
 
 help: ## Show this list of targets
@@ -59,6 +59,9 @@ test-unit: $(STAMP) ## Run the unit tests only (no servers)
 
 test-service: $(STAMP) ## Run the predictor service tests (real ModelServer, HTTP + gRPC)
 	$(PY) -m pytest tests/service -q
+
+test-cli: $(STAMP) ## Run the CLI tests (real predictor + yolo-v7 subprocesses)
+	$(PY) -m pytest tests/cli tests/unit/test_cli_units.py -q
 
 test-cluster: $(STAMP) kube-bins ## Run operator and chart tests against a local kube-apiserver
 	$(PY) -m pytest tests/cluster -q

@@ -152,9 +152,7 @@ class DetectionPipeline:
             if not kept:
                 return results  # type: ignore[return-value]
         else:
-            # The images are already letterboxed to S x S, so the detector's preprocess is only the
-            # stack + upload (+ pinned memory on CUDA); its geometry is the identity.
-            batch, _ = detector.preprocess([item.letterboxed for item in items])
+            batch = self._stack([item.letterboxed for item in items])
             kept = list(range(len(items)))
         start = time.perf_counter()
         raw = detector.forward(batch)
@@ -228,13 +226,25 @@ class DetectionPipeline:
         kept = [i for i in range(len(items)) if results[i] is None]
         cpu_indices = [i for i in kept if tensors[i] is None]
         if cpu_indices:
-            uploaded, _ = detector.preprocess([items[i].letterboxed for i in cpu_indices])
+            uploaded = self._stack([items[i].letterboxed for i in cpu_indices])
             for position, index in enumerate(cpu_indices):
                 tensors[index] = uploaded[position]
         if not kept:
             return None, kept
         batch = torch.stack([tensors[i].to(detector.device, detector.dtype) for i in kept])  # type: ignore[union-attr]
         return batch.contiguous(memory_format=torch.channels_last), kept
+
+    def _stack(self, letterboxed: list[np.ndarray]) -> torch.Tensor:
+        """Letterboxed ``uint8 [S, S, 3]`` images → the network input ``[N, 3, S, S]`` in [0, 1].
+
+        On the CPU: one stack and one conversion (NHWC permuted to NCHW is channels-last memory; the
+        network's output is the same). On CUDA the detector's own preprocess does the pinned, non-blocking
+        upload; the images are already S x S, so its letterbox geometry is the identity."""
+        detector = self.detector
+        if detector.device.type != "cpu":
+            batch, _ = detector.preprocess(letterboxed)
+            return batch
+        return torch.from_numpy(np.stack(letterboxed)).permute(0, 3, 1, 2).to(detector.dtype).div_(255.0)
 
     @staticmethod
     def server_timing(prepared: Sequence[PreparedImage]) -> str:

@@ -4,8 +4,10 @@ KServe's ``RESTServer`` registers its own routes on that module-level app when i
 here come first and therefore win for the same path. What is added, and why:
 
 * a request-body limit (``--max_request_bytes``) → HTTP 413 with a JSON ``{"error": ...}``;
-* ``POST /v2/models/{name}/infer``: the same KServe endpoint, except that the binary tensor extension
-  keeps ``BYTES`` elements as bytes (KServe 0.21 turns them into UTF-8 strings, which fails for images);
+* ``POST /v2/models/{name}/infer``: KServe's endpoint (same data plane, same steps), except that the
+  binary tensor extension keeps ``BYTES`` elements as bytes (KServe 0.21 turns them into UTF-8 strings,
+  which fails for images) and the JSON answer leaves out ``null`` fields (``"model_version": null`` breaks
+  the protocol's schema) and is serialised by orjson;
 * ``GET /v2/models/{name}``: KServe's metadata plus ``parameters`` (variant, class names, defaults);
 * the demo page (``--demo``), from ``predictor.demo``.
 """
@@ -15,11 +17,13 @@ from __future__ import annotations
 from http import HTTPStatus
 from typing import Any
 
+import orjson
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from kserve.constants.constants import INFERENCE_CONTENT_LENGTH_HEADER
+from kserve.errors import ModelNotReady
+from kserve.protocol.infer_type import InferRequest
 from kserve.protocol.rest.v2_datamodels import InferenceRequest
-from kserve.protocol.rest.v2_endpoints import V2Endpoints
 from pydantic import ValidationError
 
 from predictor.codec import PayloadTooLarge, RequestError, infer_request_from_binary
@@ -93,9 +97,16 @@ class BodyLimitMiddleware:
         await self.app(scope, limited_receive, send)
 
 
+def _drop_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _drop_none(item) for key, item in value.items() if item is not None}
+    if isinstance(value, list) and value and isinstance(value[0], dict):
+        return [_drop_none(item) for item in value]
+    return value
+
+
 def install(app: FastAPI, server: Any, *, model: Any, max_request_bytes: int, demo: bool = False) -> None:
     """Add the middleware, handlers and routes above to ``app`` (before ``server.start``)."""
-    endpoints = V2Endpoints(server.dataplane, server.model_repository_extension)
     metrics = getattr(model, "metrics", None)
 
     def on_reject(scope: dict) -> None:
@@ -107,25 +118,44 @@ def install(app: FastAPI, server: Any, *, model: Any, max_request_bytes: int, de
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_request_bytes, on_reject=on_reject)
     app.add_exception_handler(PayloadTooLarge, payload_too_large_handler)
 
-    async def infer(raw_request: Request, raw_response: Response, model_name: str) -> Any:
+    dataplane = server.dataplane
+
+    async def infer(raw_request: Request, model_name: str) -> Response:
+        """KServe's v2 infer endpoint, with the binary BYTES fix and a response without ``null`` fields
+        (the Open Inference Protocol schema types them as strings/objects), serialised by orjson."""
         body = await raw_request.body()
         header_length = raw_request.headers.get(INFERENCE_CONTENT_LENGTH_HEADER)
         try:
             if header_length is not None:
-                request_body: Any = infer_request_from_binary(body, header_length, model_name)
+                infer_request: Any = infer_request_from_binary(body, header_length, model_name)
             else:
                 try:
-                    request_body = InferenceRequest.model_validate_json(body)
+                    parsed = InferenceRequest.model_validate_json(body)
                 except ValidationError as error:
                     problems = "; ".join(
                         f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in error.errors()[:5]
                     )
                     raise RequestError(f"invalid v2 inference request: {problems}", "request") from None
+                infer_request = InferRequest.from_inference_request(parsed, model_name)
         except RequestError as error:
             if metrics is not None:
                 metrics.errors.labels("v2", error.code).inc()
             raise
-        return await endpoints.infer(raw_request, raw_response, model_name, request_body)
+        if not await dataplane.model_ready(model_name, True):
+            raise ModelNotReady(model_name)
+        headers = dict(raw_request.headers)
+        response, response_headers = await dataplane.infer(model_name=model_name, request=infer_request,
+                                                            headers=headers)
+        response, encode_headers = dataplane.encode(model_name=model_name, response=response, headers=headers,
+                                                    req_attributes={})
+        response_headers.update(encode_headers)
+        response_headers.pop("content-length", None)
+        media_type = response_headers.pop("content-type", None)
+        if isinstance(response, bytes | str):
+            return Response(content=response, headers=response_headers,
+                            media_type=media_type or "application/octet-stream")
+        return Response(content=orjson.dumps(_drop_none(response), option=orjson.OPT_SERIALIZE_NUMPY),
+                        headers=response_headers, media_type=media_type or "application/json")
 
     async def model_metadata(model_name: str) -> dict[str, Any]:
         metadata = await server.dataplane.model_metadata(model_name)

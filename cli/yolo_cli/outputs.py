@@ -56,15 +56,15 @@ class AnnotatedWriter:
     def __init__(self, out_dir: Path) -> None:
         self.out_dir = out_dir
         out_dir.mkdir(parents=True, exist_ok=True)
-        self._names: dict[Source, Path] = {}
+        self._names: dict[int, Path] = {}  # by id(source): the same file given twice gets two outputs
         self._used: set[str] = set()
         self._video: cv2.VideoWriter | None = None
         self._video_source: Source | None = None
         self.written: list[Path] = []
 
     def _path_for(self, source: Source) -> Path:
-        if source in self._names:
-            return self._names[source]
+        if id(source) in self._names:
+            return self._names[id(source)]
         if source.kind == "image":
             base = source.path.name
             if source.path.suffix.lower() not in (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"):
@@ -79,8 +79,8 @@ class AnnotatedWriter:
             counter += 1
             name = f"{stem}_{counter}{suffix}"
         self._used.add(name)
-        self._names[source] = self.out_dir / name
-        return self._names[source]
+        self._names[id(source)] = self.out_dir / name
+        return self._names[id(source)]
 
     def write(self, frame: Frame, result: Result) -> None:
         canvas = draw(frame.image, result)

@@ -11,7 +11,7 @@ randomly initialised network. ``run(out_dir, quick)`` is called by ``python -m t
 ``python -m tests.bench.model_bench [--quick]`` runs it alone.
 Environment: ``YOLO_BENCH_COMPILE_MODE`` (torch.compile mode; default ``max-autotune-no-cudagraphs``,
 ``default`` in quick mode), ``YOLO_BENCH_CPU_BATCHES`` / ``YOLO_BENCH_CUDA_BATCHES`` (e.g. ``1,8``),
-``YOLO_BENCH_ACCELS`` (e.g. ``eager,cudagraph``), ``YOLO_BENCH_SKIP_CPU=1``.
+``YOLO_BENCH_ACCELS`` (e.g. ``eager,cudagraph``), ``YOLO_BENCH_SKIP_CPU=1``, ``YOLO_BENCH_CPU_THREADS``.
 """
 
 from __future__ import annotations
@@ -266,6 +266,10 @@ def run(out_dir: Path, quick: bool = False) -> dict:
         result["skipped"] = f"predictor.yolov7 not importable: {e}"
         (out_dir / "model.json").write_text(json.dumps(result, indent=2))
         return result
+    threads = os.environ.get("YOLO_BENCH_CPU_THREADS")
+    if threads:  # on a loaded host fewer OpenMP threads than cores avoids barrier stalls
+        torch.set_num_threads(int(threads))
+        result["host"]["torch_threads"] = torch.get_num_threads()
     if os.environ.get("YOLO_BENCH_SKIP_CPU") != "1":
         result["cpu"] = bench_cpu(quick)
         result["cpu_end_to_end"] = bench_cpu_end_to_end(quick)

@@ -244,7 +244,8 @@ def test_eval_through_the_service(cli_server, fixture_images: Path, tmp_path: Pa
         assert report["metrics"][key] == pytest.approx(1.0, abs=1e-6), key
 
 
-def test_eval_errors(tmp_path: Path, fixture_images: Path):
+def test_eval_errors(tmp_path: Path):
+    fixture_images = tmp_path
     (tmp_path / "bad.json").write_text("[1, 2]")
     result = run_cli("eval", "--annotations", tmp_path / "bad.json", "--detections", tmp_path / "bad.json")
     assert result.returncode == 2 and "not a COCO instances file" in result.stderr

@@ -219,3 +219,22 @@ async def test_grpc_kserve_client_bytes_contents(server, detector, images):
     assert outputs["image_sizes"].tolist() == [[720, 1280]]
     assert_same_detections(outputs["detection_boxes"][0, :n], outputs["detection_scores"][0, :n],
                            outputs["detection_classes"][0, :n], direct(detector, decode(data)))
+
+
+def test_v2_answers_follow_the_protocol_schema(http, server, images, kserve_fixtures):
+    """Responses validate against the Open Inference Protocol's REST schema (KServe's rest_predict_v2.yaml)."""
+    import jsonschema_rs
+    import yaml
+
+    spec = yaml.safe_load((kserve_fixtures / "rest_predict_v2.yaml").read_text())
+
+    def validate(name: str, instance: dict) -> None:
+        document = {"$ref": f"#/components/schemas/{name}", "components": spec["components"]}
+        errors = [str(e) for e in jsonschema_rs.validator_for(document).iter_errors(instance)]
+        assert not errors, f"{name}: {errors[:5]}"
+
+    validate("inference_request", v2_request(images["zidane"], parameters={"confidence": 0.3}))
+    validate("inference_response", http.post(server.infer_url, json=v2_request(images["zidane"])).json())
+    validate("metadata_model_response", http.get(f"{server.http_url}/v2/models/yolov7").json())
+    validate("metadata_server_response", http.get(f"{server.http_url}/v2").json())
+    validate("inference_error_response", http.post(server.infer_url, json=v2_request(b"nope")).json())

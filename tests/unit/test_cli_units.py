@@ -10,7 +10,7 @@ import pytest
 from yolo_cli import sources
 from yolo_cli.clients import Params, Result, class_names_from_metadata, resolve_class
 from yolo_cli.coco_categories import COCO80_TO_91, COCO91_TO_80, COCO_NAMES
-from yolo_cli.errors import CliError
+from yolo_cli.errors import CliError, UnreadableInput
 from yolo_cli.evaluate import coco_metrics, format_table
 from yolo_cli.outputs import ImageIds, category_mapper, coco_results, record
 
@@ -35,10 +35,32 @@ def test_expand_folders_globs_files_cameras(tmp_path: Path, monkeypatch: pytest.
     assert found[0].kind == "image"
 
 
+def test_video_frames_in_order_with_rate_and_last_flag(tmp_path: Path):
+    import cv2
+
+    path = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 12.5, (64, 48))
+    for index in range(5):
+        writer.write(np.full((48, 64, 3), 40 * index, np.uint8))
+    writer.release()
+    found, _ = sources.expand([str(path), str(path)], print)
+    assert sources.count_frames(found) == 10 and sources.count_frames(found, max_frames=3) == 6
+    frames = list(sources.iter_frames(found, print))
+    assert [(f.index, f.frame, f.last) for f in frames] == [
+        (i, i % 5, i % 5 == 4) for i in range(10)]
+    assert all(f.fps == 12.5 and f.image.shape == (48, 64, 3) for f in frames)
+    assert abs(int(frames[3].image.mean()) - 120) <= 4  # BGR pixels of frame 3, in order
+    frames = list(sources.iter_frames(found[:1], print, max_frames=2))
+    assert [(f.frame, f.last) for f in frames] == [(0, False), (1, True)]
+    (tmp_path / "bad.mp4").write_bytes(b"junk")
+    [bad] = sources.iter_frames(sources.expand([str(tmp_path / "bad.mp4")], print)[0], print)
+    assert "bad.mp4" in bad.extra["error"]
+
+
 def test_unreadable_image_is_named(tmp_path: Path):
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
     frame = sources.Frame(0, sources.Source("image", str(tmp_path / "broken.jpg"), path=tmp_path / "broken.jpg"))
-    with pytest.raises(Exception, match="broken.jpg"):
+    with pytest.raises(UnreadableInput, match="broken.jpg"):
         sources.load_image(frame, need_bytes=True)
 
 
