@@ -74,7 +74,8 @@ class DetectionPipeline:
         self.limits = limits
         self.metrics = metrics
         self.input_size = detector.input_size
-        threads = decode_threads or min(8, (os.cpu_count() or 2) + 2)
+        # One decoder per core (at most 8): more would only take cores from the forward on small hosts.
+        threads = decode_threads or max(2, min(8, os.cpu_count() or 2))
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="yolo-decode")
         cuda = detector.device.type == "cuda"
         self.gpu_decode = cuda if gpu_decode is None else (gpu_decode and cuda)

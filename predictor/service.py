@@ -100,7 +100,8 @@ class YoloV7Model(kserve.Model):
             metrics=self.metrics,
         )
         if s.warmup:
-            sizes = sorted({1, s.max_batch_size}) if detector.device.type == "cuda" else [1]
+            # On CUDA every batch size the batcher can form is captured as a graph up front.
+            sizes = list(range(1, min(s.max_batch_size, 16) + 1)) if detector.device.type == "cuda" else [1]
             detector.warmup(sizes)
         log.info(
             "model %r ready: weights %s, variant %s, device %s, precision %s, input size %d, %d classes, "
@@ -127,6 +128,7 @@ class YoloV7Model(kserve.Model):
             "variant": d.variant,
             "device": str(d.device),
             "precision": d.precision,
+            "accel": d.accel,
             "input_size": d.input_size,
             "num_classes": d.num_classes,
             "class_names": list(self.names),
@@ -187,7 +189,10 @@ class YoloV7Model(kserve.Model):
         for name, datatype, _ in codec.V2_OUTPUTS:
             array = arrays[name]
             output = InferOutput(name=name, shape=list(array.shape), datatype=datatype)
-            output.set_data_from_numpy(array, binary_data=request.use_binary_outputs)
+            if request.from_grpc:  # typed contents, or raw_output_contents when the inputs came raw
+                output.set_data_from_numpy(array, binary_data=request.use_binary_outputs)
+            else:  # REST: KServe's encoder converts numpy data once (JSON lists or binary)
+                output.data = array
             outputs.append(output)
         return InferResponse(
             response_id=request.id or "",
