@@ -175,7 +175,7 @@ def bench_cuda(quick: bool) -> list[dict]:
     accels = _env_list("YOLO_BENCH_ACCELS", ("eager", "cudagraph", "compile"), str)
     rows = []
     sync = torch.cuda.synchronize
-    for variant in VARIANTS:
+    for variant in _env_list("YOLO_BENCH_VARIANTS", VARIANTS, str):
         fused, _, source = build_models(variant)
         for accel in accels:
             try:

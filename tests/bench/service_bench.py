@@ -110,7 +110,12 @@ async def _load(url: str, *, content: bytes, headers: dict[str, str], concurrenc
 
 def run(out_dir: Path, quick: bool) -> dict[str, Any]:
     fixtures = _fixtures()
-    weights = fixtures / "yolov7-tiny-random.pt"
+    # Overrides for other machines (the GPU check): weights file, concurrency levels, extra server flags,
+    # and the binary tensor extension for every run (no base64/JSON parsing of the image).
+    weights = Path(os.environ.get("YOLO_BENCH_WEIGHTS") or fixtures / "yolov7-tiny-random.pt")
+    concurrency_levels = tuple(int(c) for c in os.environ.get("YOLO_BENCH_CONCURRENCY", "").split(",") if c) or CONCURRENCY
+    server_args = os.environ.get("YOLO_BENCH_SERVER_ARGS", "").split()
+    all_binary = os.environ.get("YOLO_BENCH_BINARY") == "1"
     image_path = fixtures / "images" / "bus.jpg"
     if not weights.is_file() or not image_path.is_file():
         return {"skipped": f"fixtures not found under {fixtures} (set YOLO_FIXTURES)"}
@@ -129,25 +134,27 @@ def run(out_dir: Path, quick: bool) -> dict[str, Any]:
     }).encode()
     binary_body = header + raw
     binary_headers = {"content-type": "application/octet-stream", "inference-header-content-length": str(len(header))}
-    counts = {1: 5, 8: 16, 32: 32} if quick else {1: 40, 8: 96, 32: 192}
+    counts = {c: max(5, 2 * c) if quick else max(40, 6 * c) for c in concurrency_levels}
 
     result: dict[str, Any] = {
-        "model": "yolov7-tiny (fixture checkpoint, random weights)",
+        "model": weights.name,
         "image": f"{image_path.name} ({len(jpeg)} bytes JPEG, 810x1080)",
         "device": device,
         "input_size": 640,
         "confidence": confidence,
-        "protocol": "REST v2 JSON (base64 BYTES)",
+        "protocol": "REST v2 binary tensor extension" if all_binary else "REST v2 JSON (base64 BYTES)",
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "quick": quick,
         "runs": [],
     }
-    with predictor_server(weights, device=device, extra_args=["--enable_latency_logging", "false"]) as server, \
+    with predictor_server(weights, device=device, extra_args=["--enable_latency_logging", "false", *server_args]) as server, \
             httpx.Client(timeout=60) as client:
         url = server.infer_url
         for _ in range(3):  # warm-up
             client.post(url, content=json_body, headers=json_headers).raise_for_status()
-        for concurrency in CONCURRENCY:
+        if all_binary:
+            json_body, json_headers = binary_body, binary_headers
+        for concurrency in concurrency_levels:
             before = _scrape(client, server.http_url)
             stats = asyncio.run(_load(url, content=json_body, headers=json_headers, concurrency=concurrency,
                                       requests=counts[concurrency]))
