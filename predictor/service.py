@@ -122,15 +122,10 @@ class YoloV7Model(kserve.Model):
 
     def describe(self) -> dict[str, Any]:
         """Extra model metadata (REST ``GET /v2/models/{name}`` → ``parameters``)."""
-        d = self.pipeline.detector
         defaults = self.defaults
         return {
-            "variant": d.variant,
-            "device": str(d.device),
-            "precision": d.precision,
-            "accel": d.accel,
-            "input_size": d.input_size,
-            "num_classes": d.num_classes,
+            **self.pipeline.summary(),
+            "accel": self.pipeline.detector.accel,
             "class_names": list(self.names),
             "confidence": defaults.conf,
             "iou": defaults.iou,
