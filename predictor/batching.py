@@ -9,11 +9,16 @@ so requests never see each other's results; an exception raised by ``process`` f
 and an exception *returned* in an item's place fails that item alone.
 
 The batcher knows nothing about images or models: ``process(list[T]) -> list[R]`` does the work.
+
+:class:`Admission` bounds the work in flight in front of it: a request takes slots (one per item) before
+its items are prepared, and gives them back when it ends, however it ends; a request that does not fit
+is refused at once rather than queued, so the queue and the memory it holds stay bounded.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -24,7 +29,7 @@ from typing import Any, Generic, TypeVar
 T = TypeVar("T")
 R = TypeVar("R")
 
-__all__ = ["DynamicBatcher"]
+__all__ = ["Admission", "DynamicBatcher"]
 
 
 @dataclass(eq=False)
@@ -32,6 +37,51 @@ class _Pending(Generic[T]):
     item: T
     future: asyncio.Future
     enqueued: float = field(default_factory=time.monotonic)
+
+
+class Admission:
+    """A counter of items admitted at once, at most ``limit``: :meth:`try_acquire` takes slots when they
+    all fit (never some of them, never waiting), :meth:`release` gives them back.
+
+    Args:
+        limit: the most items admitted at once (>= 1).
+        on_change: called with the new count after every change (e.g. to set a gauge).
+    """
+
+    def __init__(self, limit: int, *, on_change: Callable[[int], None] | None = None):
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        self.limit = limit
+        self._on_change = on_change
+        self._in_flight = 0
+        self._lock = threading.Lock()
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def try_acquire(self, count: int) -> bool:
+        """Take ``count`` slots if they all fit under the limit; False (and nothing taken) otherwise."""
+        if count < 0:
+            raise ValueError(f"count must be >= 0, got {count}")
+        with self._lock:
+            if self._in_flight + count > self.limit:
+                return False
+            self._in_flight += count
+            in_flight = self._in_flight
+        if self._on_change is not None:
+            self._on_change(in_flight)
+        return True
+
+    def release(self, count: int) -> None:
+        """Give back ``count`` slots taken by :meth:`try_acquire`."""
+        with self._lock:
+            if count < 0 or count > self._in_flight:
+                raise ValueError(f"cannot release {count} slots: {self._in_flight} are taken")
+            self._in_flight -= count
+            in_flight = self._in_flight
+        if self._on_change is not None:
+            self._on_change(in_flight)
 
 
 class DynamicBatcher(Generic[T, R]):

@@ -27,12 +27,13 @@ from typing import Any
 
 import cv2
 import numpy as np
-from kserve.errors import InvalidInput
+from kserve.errors import InvalidInput, ServerNotReady
 
 __all__ = [
     "DetectParams",
     "ImageInfo",
     "Limits",
+    "Overloaded",
     "PayloadTooLarge",
     "RequestError",
     "V2_OUTPUTS",
@@ -77,6 +78,20 @@ class PayloadTooLarge(RequestError):
 
     def __init__(self, reason: str):
         super().__init__(reason, code="payload_too_large")
+
+
+class Overloaded(ServerNotReady):
+    """Too many images in flight (``--max_queued_images``): retry later (HTTP 503, gRPC UNAVAILABLE).
+
+    A :class:`kserve.errors.ServerNotReady` so that KServe's gRPC interceptor answers ``UNAVAILABLE`` with
+    ``reason``; REST answers come from :func:`predictor.server.overloaded_handler` (503, ``Retry-After``).
+    """
+
+    def __init__(self, reason: str):
+        super().__init__()
+        self.reason = reason
+        self.error_msg = reason
+        self.code = "overloaded"
 
 
 @dataclass(frozen=True)

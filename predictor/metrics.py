@@ -10,7 +10,9 @@ which is the one KServe's ``/metrics`` handler exposes.
 * ``yolo_requests_total{protocol}`` — requests that reached the model (protocol: v1, v2, grpc).
 * ``yolo_images_total`` — images detected on.
 * ``yolo_request_errors_total{protocol, code}`` — rejected requests by cause (``decode``,
-  ``too_many_pixels``, ``payload_too_large``, ``parameter``, ...).
+  ``too_many_pixels``, ``payload_too_large``, ``parameter``, ``overloaded``, ...).
+* ``yolo_images_in_flight`` — images admitted now (decoding, queued or in a batch); at most
+  ``--max_queued_images``.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 __all__ = ["ServiceMetrics", "service_metrics"]
 
@@ -34,6 +36,7 @@ class ServiceMetrics:
     requests: Counter
     images: Counter
     errors: Counter
+    in_flight: Gauge
 
 
 _lock = threading.Lock()
@@ -64,6 +67,10 @@ def service_metrics(registry: CollectorRegistry = REGISTRY) -> ServiceMetrics:
                 images=Counter("yolo_images", "Images detected on", registry=registry),
                 errors=Counter(
                     "yolo_request_errors", "Rejected inference requests, by cause", ["protocol", "code"],
+                    registry=registry,
+                ),
+                in_flight=Gauge(
+                    "yolo_images_in_flight", "Images admitted now: decoding, queued or in a batch",
                     registry=registry,
                 ),
             )

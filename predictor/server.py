@@ -4,6 +4,9 @@ KServe's ``RESTServer`` registers its own routes on that module-level app when i
 here come first and therefore win for the same path. What is added, and why:
 
 * a request-body limit (``--max_request_bytes``) → HTTP 413 with a JSON ``{"error": ...}``;
+* too many images in flight (``--max_queued_images``, :class:`~predictor.codec.Overloaded`) → HTTP 503 with
+  ``Retry-After: 1``, and no error log with a traceback per refused request (KServe's REST handler and gRPC
+  interceptor would write one; ``yolo_request_errors_total{code="overloaded"}`` counts them instead);
 * ``POST /v2/models/{name}/infer``: KServe's endpoint (same data plane, same steps), except that the
   binary tensor extension keeps ``BYTES`` elements as bytes (KServe 0.21 turns them into UTF-8 strings,
   which fails for images) and the JSON answer leaves out ``null`` fields (``"model_version": null`` breaks
@@ -14,6 +17,7 @@ here come first and therefore win for the same path. What is added, and why:
 
 from __future__ import annotations
 
+import logging
 from http import HTTPStatus
 from typing import Any
 
@@ -22,13 +26,14 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from kserve.constants.constants import INFERENCE_CONTENT_LENGTH_HEADER
 from kserve.errors import ModelNotReady
+from kserve.logging import logger as kserve_logger
 from kserve.protocol.infer_type import InferRequest
 from kserve.protocol.rest.v2_datamodels import InferenceRequest
 from pydantic import ValidationError
 
-from predictor.codec import PayloadTooLarge, RequestError, infer_request_from_binary
+from predictor.codec import Overloaded, PayloadTooLarge, RequestError, infer_request_from_binary
 
-__all__ = ["BodyLimitMiddleware", "install"]
+__all__ = ["BodyLimitMiddleware", "install", "overloaded_handler"]
 
 
 def _too_large(limit: int, size: int | None = None) -> JSONResponse:
@@ -41,6 +46,19 @@ def _too_large(limit: int, size: int | None = None) -> JSONResponse:
 
 async def payload_too_large_handler(_: Request, exc: PayloadTooLarge) -> JSONResponse:
     return JSONResponse(status_code=HTTPStatus.REQUEST_ENTITY_TOO_LARGE, content={"error": str(exc)})
+
+
+async def overloaded_handler(_: Request, exc: Overloaded) -> JSONResponse:
+    return JSONResponse(status_code=HTTPStatus.SERVICE_UNAVAILABLE, content={"error": str(exc)},
+                        headers={"Retry-After": "1"})
+
+
+class _DropOverloaded(logging.Filter):
+    """Leave out KServe's error records about refused requests: an overloaded server should not spend
+    its time formatting a traceback per refusal."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], Overloaded))
 
 
 class BodyLimitMiddleware:
@@ -117,6 +135,9 @@ def install(app: FastAPI, server: Any, *, model: Any, max_request_bytes: int, de
 
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_request_bytes, on_reject=on_reject)
     app.add_exception_handler(PayloadTooLarge, payload_too_large_handler)
+    app.add_exception_handler(Overloaded, overloaded_handler)
+    if not any(isinstance(f, _DropOverloaded) for f in kserve_logger.filters):
+        kserve_logger.addFilter(_DropOverloaded())
 
     dataplane = server.dataplane
 

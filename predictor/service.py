@@ -4,12 +4,18 @@
   resolve the request's thresholds, decode + letterbox in the thread pool.
 * ``predict``: the dynamic batcher (:mod:`predictor.batching`) runs the forward and NMS.
 * ``postprocess``: detections → v1 JSON or v2 tensors.
+
+Admission (``--max_queued_images``): ``preprocess`` takes one slot per image once the request is parsed,
+before any image is decoded; a request that does not fit gets :class:`~predictor.codec.Overloaded` (503,
+gRPC ``UNAVAILABLE``) at once. ``__call__`` (KServe's entry for every protocol) gives the slots back when
+the request ends — answered, failed or cancelled.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +24,7 @@ import kserve
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
 from predictor import codec
-from predictor.codec import DetectParams, Limits, RequestError
+from predictor.codec import DetectParams, Limits, Overloaded, RequestError
 from predictor.settings import PredictorSettings
 
 __all__ = ["WEIGHT_SUFFIXES", "YoloV7Model", "resolve_weights"]
@@ -49,6 +55,16 @@ def resolve_weights(path: str | Path) -> Path:
 
 
 @dataclass(eq=False)
+class _Slots:
+    """Admission slots held by the request being served (in this task's context), released at its end."""
+
+    count: int = 0
+
+
+_SLOTS: ContextVar[_Slots | None] = ContextVar("yolo_admission_slots", default=None)
+
+
+@dataclass(eq=False)
 class _Job:
     """One request between the KServe steps."""
 
@@ -66,9 +82,11 @@ class YoloV7Model(kserve.Model):
         self.names: list[str] = []
         self.defaults: DetectParams | None = None
         self.metrics: Any = None
+        self.admission: Any = None
 
     # ----- lifecycle ----------------------------------------------------------------------------------
     def load(self) -> bool:
+        from predictor.batching import Admission
         from predictor.engine import Detector
         from predictor.metrics import service_metrics
         from predictor.pipeline import DetectionPipeline
@@ -92,6 +110,7 @@ class YoloV7Model(kserve.Model):
             classes=codec.resolve_classes(list(s.classes), self.names, "--classes") if s.classes else None,
         )
         self.metrics = service_metrics()
+        self.admission = Admission(s.max_queued_images, on_change=self.metrics.in_flight.set)
         self.pipeline = DetectionPipeline(
             detector,
             limits=Limits(s.max_images_per_request, s.max_image_pixels, s.max_request_bytes),
@@ -133,11 +152,45 @@ class YoloV7Model(kserve.Model):
             "classes": None if defaults.classes is None else list(defaults.classes),
             "max_batch_size": self.settings.max_batch_size,
             "max_images_per_request": self.settings.max_images_per_request,
+            "max_queued_images": self.settings.max_queued_images,
             "max_image_pixels": self.settings.max_image_pixels,
             "max_request_bytes": self.settings.max_request_bytes,
             "input_datatypes": ["BYTES", "UINT8"],
             "image_formats": ["JPEG", "PNG", "BMP", "WebP"],
         }
+
+    # ----- admission ---------------------------------------------------------------------------------
+    async def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """KServe's preprocess → predict → postprocess, giving back the request's admission slots when it
+        ends, however it ends (answer, error, or cancellation when the client goes away)."""
+        slots = _Slots()
+        token = _SLOTS.set(slots)
+        try:
+            return await super().__call__(*args, **kwargs)
+        finally:
+            _SLOTS.reset(token)
+            if slots.count:
+                self.admission.release(slots.count)
+
+    def _admit(self, count: int, protocol: str) -> None:
+        """Take ``count`` slots for this request, or refuse it: 400 if it can never fit, else 503."""
+        slots = _SLOTS.get()
+        if slots is None:  # not called through __call__: nothing would give the slots back
+            return
+        admission = self.admission
+        if count > admission.limit:
+            raise RequestError(
+                f"the request holds {count} images; at most {admission.limit} are admitted at once "
+                "(--max_queued_images)",
+                "too_many_images",
+            )
+        if not admission.try_acquire(count):
+            self.metrics.errors.labels(protocol, "overloaded").inc()
+            raise Overloaded(
+                f"server busy: {admission.in_flight} images in flight, {count} more would exceed the limit of "
+                f"{admission.limit} (--max_queued_images); retry later"
+            )
+        slots.count += count
 
     # ----- the three steps ----------------------------------------------------------------------------
     def validate(self, payload: Any) -> Any:
@@ -157,6 +210,7 @@ class YoloV7Model(kserve.Model):
                 sources = codec.parse_v2(payload, limits)
                 raw_params = codec.grpc_parameters(payload.parameters)
             params = codec.resolve_params(raw_params, self.defaults, self.names)
+            self._admit(len(sources), protocol)  # before decoding: decoded images are what takes memory
             prepared = await self.pipeline.prepare(sources, params)
         except RequestError as error:
             self.metrics.errors.labels(protocol, error.code).inc()

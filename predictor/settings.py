@@ -89,6 +89,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_request_bytes", int, "largest accepted request body (REST and gRPC)", minimum=1024),
     Option("max_image_pixels", int, "largest accepted image (width x height), checked before decoding", minimum=1),
     Option("max_images_per_request", int, "largest number of images in one request", minimum=1, maximum=4096),
+    Option("max_queued_images", int, "images admitted at once (decoding, queued or in a batch); more get 503",
+           minimum=1),
     Option("warmup", _parse_bool, "run warm-up forwards before reporting ready"),
     Option("demo", _parse_bool, "serve the demo page at / (for `make dev`)"),
 )
@@ -114,6 +116,7 @@ class PredictorSettings:
     max_request_bytes: int = 32 * 1024 * 1024
     max_image_pixels: int = 40_000_000
     max_images_per_request: int = 64
+    max_queued_images: int = 256
     warmup: bool = True
     demo: bool = False
 

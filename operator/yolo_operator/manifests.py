@@ -28,6 +28,8 @@ SPEC_DEFAULTS: dict[str, Any] = {
     "inputSize": 0,
     "precision": "auto",
     "batching": {"maxBatchSize": 8, "maxDelayMs": 5},
+    "limits": {"maxRequestBytes": 32 * 1024 * 1024, "maxImagePixels": 40_000_000, "maxImagesPerRequest": 64,
+               "maxQueuedImages": 256},
     "resources": {"gpu": 0, "gpuResourceName": c.DEFAULT_GPU_RESOURCE, "cpu": "2", "memory": "4Gi"},
     "replicas": {"min": 1, "max": 1},
     "deploymentMode": "RawDeployment",
@@ -81,7 +83,7 @@ def predictor_settings(spec: Mapping[str, Any], config: OperatorConfig) -> Predi
     """The predictor's settings for ``spec``. Raises ``predictor.settings.SettingsError`` when out of bounds."""
     spec = with_defaults(spec)
     source = model_source(spec, config)
-    thresholds, batching, resources = spec["thresholds"], spec["batching"], spec["resources"]
+    thresholds, batching, limits, resources = spec["thresholds"], spec["batching"], spec["limits"], spec["resources"]
     return PredictorSettings(
         weights=source["weights"],
         variant=source["variant"],
@@ -94,6 +96,10 @@ def predictor_settings(spec: Mapping[str, Any], config: OperatorConfig) -> Predi
         classes=tuple(str(item) for item in thresholds["classes"]),
         max_batch_size=int(batching["maxBatchSize"]),
         max_batch_delay_ms=float(batching["maxDelayMs"]),
+        max_request_bytes=int(limits["maxRequestBytes"]),
+        max_image_pixels=int(limits["maxImagePixels"]),
+        max_images_per_request=int(limits["maxImagesPerRequest"]),
+        max_queued_images=int(limits["maxQueuedImages"]),
     )
 
 

@@ -77,6 +77,10 @@ def _qualified_key(key: str) -> bool:
     return 0 < len(name) <= 63 and bool(_QUALIFIED_NAME.match(name))
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _check_classes(classes: Any, release: bool) -> list[Problem]:
     where = "thresholds.classes"
     if not isinstance(classes, list):
@@ -169,6 +173,14 @@ def validate(
         problems.append(Problem("spec", str(error)))
     except (TypeError, ValueError) as error:
         problems.append(Problem("spec", f"a value has the wrong type: {error}"))
+
+    # --- input limits: a full request must fit in the admission queue, or it is never served ---
+    limits = spec["limits"] if isinstance(spec["limits"], Mapping) else {}
+    per_request, queued = limits.get("maxImagesPerRequest"), limits.get("maxQueuedImages")
+    bounds_ok = not any(p.field == "spec" for p in problems)  # else already said (e.g. maxQueuedImages 0)
+    if bounds_ok and _is_int(per_request) and _is_int(queued) and per_request > queued:
+        problems.append(Problem("limits", f"maxImagesPerRequest ({per_request}) must be <= maxQueuedImages "
+                                          f"({queued}): a larger request could never be admitted"))
 
     # --- resources ---
     resources = spec["resources"]

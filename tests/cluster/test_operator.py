@@ -70,10 +70,14 @@ def test_crd_defaults_and_rejects(api, namespace):
                                             "memory": "4Gi"}
     assert created["spec"]["replicas"] == {"min": 1, "max": 1}
     assert created["spec"]["deploymentMode"] == "RawDeployment"
+    assert created["spec"]["limits"] == manifests.SPEC_DEFAULTS["limits"]
     assert "variant" not in created["spec"]  # defaulted by the operator: a storageUri names its own
     for bad in ({"variant": "yolov8"}, {"inputSize": 650}, {"thresholds": {"confidence": 1.5}},
                 {"precision": "int8"}, {"replicas": {"max": 0}}, {"resources": {"gpu": -1}},
-                {"rollout": {"canaryPercent": 101}}, {"version": "latest"}, {"resources": {"memory": "lots"}}):
+                {"rollout": {"canaryPercent": 101}}, {"version": "latest"}, {"resources": {"memory": "lots"}},
+                {"limits": {"maxRequestBytes": 1023}}, {"limits": {"maxImagePixels": 0}},
+                {"limits": {"maxImagesPerRequest": 4097}}, {"limits": {"maxImagesPerRequest": 1.5}},
+                {"limits": {"maxQueuedImages": 0}}):
         with pytest.raises(ApiException) as error:
             api.create_detector(namespace, "bad", bad)
         assert error.value.status == 422, bad

@@ -1,13 +1,15 @@
-"""predictor.batching.DynamicBatcher: coalescing, ordering, isolation, errors, cancellation."""
+"""predictor.batching.DynamicBatcher: coalescing, ordering, isolation, errors, cancellation; Admission
+(the ``--max_queued_images`` counter) alone and as the service uses it."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import threading
 
 import pytest
 
-from predictor.batching import DynamicBatcher
+from predictor.batching import Admission, DynamicBatcher
 
 
 class Recorder:
@@ -157,3 +159,117 @@ async def test_no_wait_when_nothing_else_is_on_its_way():
     finally:
         await batcher.close()
     assert recorder.batches == [["alone"], ["a", "b"]]
+
+
+# ----- Admission --------------------------------------------------------------------------------------
+def test_admission_acquire_and_release():
+    seen: list[int] = []
+    admission = Admission(3, on_change=seen.append)
+    assert admission.try_acquire(2)
+    assert not admission.try_acquire(2)  # all or nothing: 2 + 2 > 3, nothing taken
+    assert admission.in_flight == 2
+    assert admission.try_acquire(1)
+    assert not admission.try_acquire(1)
+    admission.release(2)
+    assert admission.try_acquire(2)
+    admission.release(3)
+    assert admission.in_flight == 0
+    assert seen == [2, 3, 1, 3, 0]
+    with pytest.raises(ValueError, match="cannot release 1"):
+        admission.release(1)
+    with pytest.raises(ValueError, match="limit must be >= 1"):
+        Admission(0)
+
+
+class _FakePipeline:
+    """Stands in for DetectionPipeline: ``prepare`` parks until ``go`` is set, then succeeds or fails."""
+
+    def __init__(self):
+        from predictor.codec import Limits
+
+        self.limits = Limits(16, 1_000_000, 1 << 20)
+        self.go = asyncio.Event()
+        self.fail = False
+        self.entered = 0
+
+    async def prepare(self, sources, params):
+        self.entered += 1
+        await self.go.wait()
+        if self.fail:
+            from predictor.codec import RequestError
+
+            raise RequestError("image 0: corrupt", "decode")
+        return [object() for _ in sources]
+
+    async def detect(self, prepared):
+        return [None for _ in prepared]
+
+
+def _model(limit: int):
+    from prometheus_client import CollectorRegistry
+
+    from predictor.codec import DetectParams
+    from predictor.metrics import service_metrics
+    from predictor.service import YoloV7Model
+    from predictor.settings import PredictorSettings
+
+    model = YoloV7Model("m", PredictorSettings(max_queued_images=limit))
+    model.metrics = service_metrics(CollectorRegistry())
+    model.admission = Admission(limit, on_change=model.metrics.in_flight.set)
+    model.pipeline = _FakePipeline()
+    model.defaults = DetectParams(conf=0.25, iou=0.45, max_det=300, classes=None)
+    model.names = ["thing"]
+
+    async def postprocess(job, headers=None, response_headers=None):
+        return {"images": len(job.prepared)}
+
+    model.postprocess = postprocess  # no real detections to encode
+    model.ready = True
+    return model
+
+
+def _v1(count: int) -> dict:
+    return {"instances": [base64.b64encode(b"img").decode()] * count}
+
+
+async def _until(condition, timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
+        await asyncio.sleep(0.005)
+
+
+async def test_service_admission_refuses_releases_on_success_failure_and_cancel():
+    from predictor.codec import Overloaded, RequestError
+
+    model = _model(3)
+    pipeline = model.pipeline
+    gauge = model.metrics.in_flight
+
+    first = asyncio.ensure_future(model(_v1(2), headers={}))
+    await _until(lambda: pipeline.entered == 1)
+    assert model.admission.in_flight == 2 and gauge._value.get() == 2
+    with pytest.raises(Overloaded, match=r"server busy: 2 images in flight.*limit of 3 \(--max_queued_images\)"):
+        await model(_v1(2), headers={})
+    assert model.admission.in_flight == 2  # the refused request took nothing
+    assert model.metrics.errors.labels("v1", "overloaded")._value.get() == 1
+    with pytest.raises(RequestError, match="at most 3 are admitted at once"):  # can never fit: 400, not 503
+        await model(_v1(4), headers={})
+
+    first.cancel()  # the client went away while its images were being prepared
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert model.admission.in_flight == 0 and gauge._value.get() == 0
+
+    pipeline.fail = True  # a request failing after admission gives its slots back too
+    failing = asyncio.ensure_future(model(_v1(3), headers={}))
+    await _until(lambda: model.admission.in_flight == 3)
+    pipeline.go.set()
+    with pytest.raises(RequestError, match="corrupt"):
+        await failing
+    assert model.admission.in_flight == 0
+
+    pipeline.fail = False
+    response, _ = await model(_v1(3), headers={})
+    assert response == {"images": 3}
+    assert model.admission.in_flight == 0 and gauge._value.get() == 0

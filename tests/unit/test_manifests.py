@@ -10,7 +10,7 @@ from yolo_operator import config as c
 from yolo_operator import manifests, validation
 from yolo_operator.config import OperatorConfig
 
-from predictor.settings import PRECISIONS, VARIANT_NAMES, PredictorSettings, parse_args
+from predictor.settings import OPTIONS_BY_NAME, PRECISIONS, VARIANT_NAMES, PredictorSettings, parse_args
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = OperatorConfig()
@@ -105,17 +105,34 @@ def test_every_predictor_option_rendered_through_predictor_settings():
         "inputSize": 1280,
         "precision": "fp16",
         "batching": {"maxBatchSize": 16, "maxDelayMs": 2.5},
+        "limits": {"maxRequestBytes": 4096, "maxImagePixels": 1920 * 1080, "maxImagesPerRequest": 8,
+                   "maxQueuedImages": 32},
         "resources": {"gpu": 1},
     }
     args = container(build(spec))["args"]
     expected = PredictorSettings(
         weights="/mnt/models/yolov7x.pt", variant="yolov7x", device="cuda", precision="fp16", input_size=1280,
         conf_threshold=0.4, iou_threshold=0.6, max_detections=50, classes=("0", "dog"), max_batch_size=16,
-        max_batch_delay_ms=2.5,
+        max_batch_delay_ms=2.5, max_request_bytes=4096, max_image_pixels=2073600, max_images_per_request=8,
+        max_queued_images=32,
     )
     assert args[3:] == expected.to_args()
     assert parse_args(args) == expected
     assert "--conf_threshold=0.4" in args
+    for arg in ("--max_request_bytes=4096", "--max_image_pixels=2073600", "--max_images_per_request=8",
+                "--max_queued_images=32"):
+        assert arg in args
+
+
+def test_input_limits_default_to_the_predictors_and_may_be_given_one_by_one():
+    args = container(build())["args"]
+    assert "--max_request_bytes=33554432" in args
+    assert "--max_image_pixels=40000000" in args
+    assert "--max_images_per_request=64" in args
+    assert "--max_queued_images=256" in args
+    settings = parse_args(container(build({"limits": {"maxImagePixels": 1000}}))["args"])
+    assert settings == PredictorSettings(weights=settings.weights, variant="yolov7", device="cpu",
+                                         max_image_pixels=1000)
 
 
 def test_gpus_are_limits_of_the_configured_resource_name():
@@ -280,6 +297,20 @@ def test_crd_defaults_are_the_builders_defaults_and_the_predictors():
     assert manifests.SPEC_DEFAULTS["batching"]["maxDelayMs"] == predictor_defaults.max_batch_delay_ms
     assert manifests.SPEC_DEFAULTS["inputSize"] == predictor_defaults.input_size
     assert manifests.SPEC_DEFAULTS["precision"] == predictor_defaults.precision
+    limits = manifests.SPEC_DEFAULTS["limits"]
+    assert limits["maxRequestBytes"] == predictor_defaults.max_request_bytes
+    assert limits["maxImagePixels"] == predictor_defaults.max_image_pixels
+    assert limits["maxImagesPerRequest"] == predictor_defaults.max_images_per_request
+    assert limits["maxQueuedImages"] == predictor_defaults.max_queued_images
+
+
+def test_crd_limits_bounds_are_the_predictors():
+    limits = crd_schema()["properties"]["limits"]["properties"]
+    for field, option in (("maxRequestBytes", "max_request_bytes"), ("maxImagePixels", "max_image_pixels"),
+                          ("maxImagesPerRequest", "max_images_per_request"), ("maxQueuedImages", "max_queued_images")):
+        assert limits[field]["type"] == "integer"
+        assert limits[field].get("minimum") == OPTIONS_BY_NAME[option].minimum, field
+        assert limits[field].get("maximum") == OPTIONS_BY_NAME[option].maximum, field
 
 
 def _field_paths(schema: dict, prefix: str = "") -> list[str]:

@@ -14,7 +14,7 @@ def test_to_args_round_trips_every_option():
         weights="/models/x.pt", variant="yolov7-tiny", device="cuda:1", precision="fp16", accel="cudagraph",
         input_size=1280, conf_threshold=0.4, iou_threshold=0.6, max_detections=50, classes=("0", "person"),
         max_batch_size=32, max_batch_delay_ms=2.5, max_request_bytes=4096, max_image_pixels=1000,
-        max_images_per_request=4, warmup=False, demo=True,
+        max_images_per_request=4, max_queued_images=12, warmup=False, demo=True,
     )
     args = custom.to_args()
     assert len(args) == len(OPTIONS)
@@ -40,6 +40,7 @@ def test_precedence_flag_over_env_over_default():
         (["--conf_threshold=1.5"], "--conf_threshold must be <= 1.0"),
         (["--iou_threshold=-0.1"], "--iou_threshold must be >= 0.0"),
         (["--max_batch_size=0"], "--max_batch_size must be >= 1"),
+        (["--max_queued_images=0"], "--max_queued_images must be >= 1"),
         (["--input_size=500"], "multiple of 32"),
         (["--variant=yolov9"], "--variant must be one of"),
         (["--device=tpu"], "--device must be"),

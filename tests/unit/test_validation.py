@@ -107,6 +107,24 @@ def test_predictor_bounds_come_from_predictor_settings():
     assert problems_of({"inputSize": 650}) == {"spec": ERROR}
     assert problems_of({"batching": {"maxBatchSize": 0}}) == {"spec": ERROR}
     assert problems_of({"thresholds": {"maxDetections": "many"}}) == {"spec": ERROR}
+    assert problems_of({"limits": {"maxRequestBytes": 1023}}) == {"spec": ERROR}
+    assert problems_of({"limits": {"maxImagePixels": 0}}) == {"spec": ERROR}
+    assert problems_of({"limits": {"maxImagesPerRequest": 4097}}) == {"spec": ERROR}
+    assert problems_of({"limits": {"maxQueuedImages": 0}}) == {"spec": ERROR}
+    assert problems_of({"limits": {"maxRequestBytes": 1024, "maxImagePixels": 1, "maxImagesPerRequest": 1,
+                                   "maxQueuedImages": 1}}) == {}
+
+
+def test_a_full_request_must_fit_in_the_admission_queue():
+    problems = validate("dets", {"limits": {"maxImagesPerRequest": 300}})  # over the default maxQueuedImages 256
+    assert [(p.field, p.severity) for p in problems] == [("limits", ERROR)]
+    assert "maxImagesPerRequest (300) must be <= maxQueuedImages (256)" in problems[0].message
+    assert problems_of({"limits": {"maxImagesPerRequest": 8, "maxQueuedImages": 4}}) == {"limits": ERROR}
+    assert problems_of({"limits": {"maxImagesPerRequest": 8, "maxQueuedImages": 8}}) == {}
+    assert problems_of({"limits": {"maxImagesPerRequest": 4096, "maxQueuedImages": 4096}}) == {}
+    # a value out of its bounds or of the wrong type is reported once, by the bounds check
+    assert problems_of({"limits": {"maxImagesPerRequest": 8, "maxQueuedImages": "few"}}) == {"spec": ERROR}
+    assert problems_of({"limits": {"maxImagesPerRequest": 8, "maxQueuedImages": 0}}) == {"spec": ERROR}
 
 
 def test_quantities():
