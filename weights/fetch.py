@@ -80,12 +80,6 @@ class Manifest:
             raise FetchError(f"unknown weights {name!r}; known: {known} (or 'all')")
         return self.entries[key]
 
-    def by_sha256(self, digest: str) -> WeightsEntry | None:
-        for entry in self.entries.values():
-            if entry.sha256 == digest.lower():
-                return entry
-        return None
-
 
 def load_manifest(path: str | os.PathLike[str] | None = None) -> Manifest:
     """Read ``manifest.json`` (or ``path``)."""

@@ -73,12 +73,15 @@ class OperatorConfig:
     release_base_url: str = DEFAULT_RELEASE_BASE_URL
     namespaces: tuple[str, ...] = field(default_factory=tuple)  # empty = cluster-wide
     resync_seconds: float = 60.0
+    # Every watch is re-established (re-listed) at least this often.
+    watch_timeout_seconds: float = 60.0
     liveness: str = "http://0.0.0.0:8080/healthz"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorConfig:
         """``YOLO_OPERATOR_IMAGE``, ``_IMAGE_PULL_POLICY``, ``_BAKED_VARIANTS`` (comma list), ``_BAKED_RELEASE``,
-        ``_RELEASE_BASE_URL``, ``_NAMESPACES`` (comma list; empty = all), ``_RESYNC_SECONDS``, ``_LIVENESS``."""
+        ``_RELEASE_BASE_URL``, ``_NAMESPACES`` (comma list; empty = all), ``_RESYNC_SECONDS``, ``_WATCH_TIMEOUT_SECONDS``,
+        ``_LIVENESS``."""
         env = os.environ if environ is None else environ
         default = cls()
 
@@ -94,5 +97,6 @@ class OperatorConfig:
             release_base_url=get("RELEASE_BASE_URL", default.release_base_url).rstrip("/"),
             namespaces=_split(env.get(ENV_PREFIX + "NAMESPACES", "")),
             resync_seconds=float(get("RESYNC_SECONDS", str(default.resync_seconds))),
+            watch_timeout_seconds=float(get("WATCH_TIMEOUT_SECONDS", str(default.watch_timeout_seconds))),
             liveness=get("LIVENESS", default.liveness),
         )

@@ -150,8 +150,9 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=c.KOPF_ANNOTATION_PREFIX, key="last-handled-configuration")
     settings.posting.level = logging.WARNING  # Kubernetes events for warnings and errors only
-    settings.watching.server_timeout = 300  # re-list now and then, also after an API server restart
-    settings.watching.client_timeout = 330
+    # Re-list every watch now and then (the resync timer is the safety net for anything a watch misses).
+    settings.watching.server_timeout = max(1, round(memo.config.watch_timeout_seconds))  # the API wants an integer
+    settings.watching.client_timeout = memo.config.watch_timeout_seconds + 10
     settings.watching.reconnect_backoff = 1.0
     settings.networking.connect_timeout = 5
     # ride out an API server outage of about five minutes (an upgrade) before giving up and exiting, retrying

@@ -34,10 +34,8 @@ ISVC = "inferenceservices.serving.kserve.io"
 
 
 def _helm():
-    try:
-        from tests.tools import helm
-    except ImportError as exc:  # pragma: no cover
-        pytest.skip(f"tests/tools/helm.py unavailable: {exc}")
+    from tests.tools import helm
+
     try:
         helm.helm_path()
     except Exception as exc:  # noqa: BLE001 - no helm binary here: skip, with the reason

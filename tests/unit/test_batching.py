@@ -17,12 +17,14 @@ class Recorder:
 
     def __init__(self, fail_on: object | None = None):
         self.batches: list[list[object]] = []
+        self.entered: list[list[object]] = []  # batches the worker has started (before ``release``)
         self.threads: set[str] = set()
         self.fail_on = fail_on
         self.release = threading.Event()
         self.release.set()
 
     def __call__(self, items: list[object]) -> list[object]:
+        self.entered.append(list(items))
         self.release.wait(5)
         self.threads.add(threading.current_thread().name)
         self.batches.append(list(items))
@@ -54,9 +56,9 @@ async def test_zero_delay_still_batches_what_queued_during_a_forward():
     batcher = DynamicBatcher(recorder, max_batch_size=4, max_delay_s=0.0)
     try:
         first = asyncio.ensure_future(batcher.submit(["a"]))
-        await asyncio.sleep(0.05)
+        await _until(lambda: recorder.entered)  # "a" is in the worker
         rest = [asyncio.ensure_future(batcher.submit([name])) for name in "bcde"]
-        await asyncio.sleep(0.05)
+        await _until(lambda: batcher.queued == 4)
         recorder.release.set()
         await asyncio.gather(first, *rest)
     finally:
@@ -94,10 +96,10 @@ async def test_cancelled_request_is_dropped_before_processing():
     batcher = DynamicBatcher(recorder, max_batch_size=4, max_delay_s=0.0)
     try:
         first = asyncio.ensure_future(batcher.submit(["first"]))
-        await asyncio.sleep(0.05)
+        await _until(lambda: recorder.entered)  # "first" is in the worker
         doomed = asyncio.ensure_future(batcher.submit(["doomed"]))
         kept = asyncio.ensure_future(batcher.submit(["kept"]))
-        await asyncio.sleep(0.01)
+        await _until(lambda: batcher.queued == 2)
         doomed.cancel()
         recorder.release.set()
         assert await kept == [("done", "kept")]

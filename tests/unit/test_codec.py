@@ -79,11 +79,15 @@ def _with_exif_orientation(jpeg: bytes, orientation: int, order: str = "<") -> b
 
 @pytest.mark.parametrize("order", ["<", ">"])
 def test_jpeg_exif_orientation_is_read_and_applied(order):
-    jpeg = _with_exif_orientation(_encode(".jpg", _image(30, 50)), 6, order)
+    plain = _encode(".jpg", _image(30, 50))
+    jpeg = _with_exif_orientation(plain, 6, order)
     info = codec.probe_image(jpeg)
     assert (info.width, info.height, info.orientation) == (50, 30, 6)
-    assert codec.decode_image(jpeg, max_pixels=10_000).shape == (50, 30, 3)  # rotated 90°, as OpenCV does
-    assert codec.probe_image(_encode(".jpg", _image(30, 50))).orientation == 1
+    rotated = codec.decode_image(jpeg, max_pixels=10_000)
+    assert rotated.shape == (50, 30, 3)
+    # EXIF orientation 6: the stored image is shown turned 90° clockwise
+    np.testing.assert_array_equal(rotated, np.rot90(codec.decode_image(plain, max_pixels=10_000), k=-1))
+    assert codec.probe_image(plain).orientation == 1
 
 
 def test_decompression_bomb_refused_from_the_header():

@@ -217,18 +217,8 @@ def test_warmup_and_empty_result(fake: Detector):
 
 
 # ------------------------------------------------------------------ the real network (fixture checkpoints)
-def _yolov7():
-    try:
-        from predictor import yolov7
-        from predictor.yolov7 import build_model, load_checkpoint  # noqa: F401
-    except ImportError as e:
-        pytest.skip(f"the network (predictor.yolov7) is not importable: {e}")
-    return yolov7
-
-
 @pytest.fixture(scope="module")
 def tiny(yolo_fixtures: Path) -> Detector:
-    _yolov7()
     return Detector.from_weights(yolo_fixtures / "yolov7-tiny-random.pt", device="cpu")
 
 
@@ -241,7 +231,6 @@ def _read_rgb(yolo_fixtures: Path, name: str) -> np.ndarray:
 def test_from_weights_errors(tmp_path: Path, yolo_fixtures: Path):
     with pytest.raises(FileNotFoundError):
         Detector.from_weights(tmp_path / "missing.pt", device="cpu")
-    _yolov7()
     with pytest.raises(ValueError, match="not the requested variant"):
         Detector.from_weights(yolo_fixtures / "yolov7-tiny-random.pt", variant="yolov7x", device="cpu")
 
@@ -319,7 +308,6 @@ def no_tf32():
     ],
 )
 def test_cuda_paths_agree_with_cpu(yolo_fixtures: Path, no_tf32, precision, accel, min_agreement):
-    _yolov7()
     weights = yolo_fixtures / "yolov7-tiny-random.pt"
     cpu = Detector.from_weights(weights, device="cpu")
     imgs = [_read_rgb(yolo_fixtures, n) for n in ("bus", "zidane")]
@@ -352,7 +340,6 @@ def test_cuda_paths_agree_with_cpu(yolo_fixtures: Path, no_tf32, precision, acce
 @pytest.mark.gpu
 @needs_cuda
 def test_cudagraph_outputs_are_not_aliased_and_sizes_get_own_graphs(yolo_fixtures: Path):
-    _yolov7()
     det = Detector.from_weights(yolo_fixtures / "yolov7-tiny-random.pt", device="cuda", accel="cudagraph")
     x1, x2 = torch.rand(2, 3, 640, 640, device="cuda"), torch.rand(2, 3, 640, 640, device="cuda")
     a = det.forward(x1)
@@ -373,7 +360,6 @@ def test_cudagraph_outputs_are_not_aliased_and_sizes_get_own_graphs(yolo_fixture
 @pytest.mark.gpu
 @needs_cuda
 def test_cuda_detect_end_to_end(yolo_fixtures: Path):
-    _yolov7()
     det = Detector.from_weights(yolo_fixtures / "yolov7-tiny-random.pt")  # auto: cuda, fp16, cudagraph
     assert det.device.type == "cuda" and det.precision == "fp16" and det.accel == "cudagraph"
     imgs = [_read_rgb(yolo_fixtures, n) for n in IMAGES]

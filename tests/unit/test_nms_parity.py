@@ -5,7 +5,7 @@ Two sources of head outputs:
 * the golden ``<img>.raw`` tensors (official fused model, fp32 inference, stored as **fp16**) for the
   first two images — tests :func:`predictor.ops.non_max_suppression` alone;
 * our own network (``predictor.yolov7``) on all six golden letterboxed images, fp32 — tests the whole
-  letterbox → forward → NMS chain (skipped until the network is importable).
+  letterbox → forward → NMS chain.
 
 A golden detection is *found* when one of ours has the same class, ``|Δscore| <= 1e-3`` and the same box:
 IoU >= 0.99 **or** every coordinate within ``box_tol`` px. The absolute tolerance is needed because the
@@ -119,10 +119,8 @@ def test_nms_on_golden_raw_batched_equals_single(yolo_fixtures: Path):
 # ------------------------------------------------------------------ our network end to end
 @pytest.fixture(scope="module", params=VARIANTS)
 def model_and_golden(request, yolo_fixtures: Path):
-    try:
-        from predictor.yolov7 import build_model, load_checkpoint
-    except ImportError as e:
-        pytest.skip(f"the network (predictor.yolov7) is not importable: {e}")
+    from predictor.yolov7 import build_model, load_checkpoint
+
     variant = request.param
     model = build_model(load_checkpoint(yolo_fixtures / f"{variant}-random.pt"), fuse=True)
     return variant, model, load_golden(yolo_fixtures, variant)

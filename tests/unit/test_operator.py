@@ -35,9 +35,10 @@ def test_ready_mirrors_the_inference_services_ready_condition():
 def test_config_from_env_defaults_and_overrides():
     assert OperatorConfig.from_env({}) == OperatorConfig()
     config = OperatorConfig.from_env({"YOLO_OPERATOR_NAMESPACES": "a, b", "YOLO_OPERATOR_RESYNC_SECONDS": "30",
-                                      "YOLO_OPERATOR_BAKED_VARIANTS": ""})
+                                      "YOLO_OPERATOR_BAKED_VARIANTS": "", "YOLO_OPERATOR_WATCH_TIMEOUT_SECONDS": "15"})
     assert config.namespaces == ("a", "b")
     assert config.resync_seconds == 30.0
+    assert config.watch_timeout_seconds == 15.0
     assert config.baked_variants == ()
 
 

@@ -18,6 +18,7 @@ def test_to_args_round_trips_every_option():
     )
     args = custom.to_args()
     assert len(args) == len(OPTIONS)
+    assert custom.to_args(only_changed=True) == args  # every option differs from its default here
     assert parse_args(args) == custom
 
 
