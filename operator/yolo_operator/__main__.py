@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import time
 from collections.abc import Sequence
 
 import kopf
@@ -45,16 +46,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
     logging.getLogger("urllib3").setLevel(logging.WARNING)
     registry = handlers.register(kopf.OperatorRegistry(), config)
-    kopf.run(
-        registry=registry,
-        memo=kopf.Memo(config=config),
-        standalone=not args.peering,
-        peering_name=args.peering or None,
-        clusterwide=not config.namespaces,
-        namespaces=config.namespaces,
-        liveness_endpoint=config.liveness or None,
-    )
-    return 0
+    logger = logging.getLogger("yolo_operator")
+    failures = 0
+    while True:
+        started = time.monotonic()
+        try:
+            kopf.run(
+                registry=registry,
+                memo=kopf.Memo(config=config),
+                standalone=not args.peering,
+                peering_name=args.peering or None,
+                clusterwide=not config.namespaces,
+                namespaces=config.namespaces,
+                liveness_endpoint=config.liveness or None,
+            )
+            return 0  # stopped by a signal
+        except Exception as error:  # noqa: BLE001 - e.g. a watch answered 404 while the API server was restarting
+            # kopf stops entirely when one watch fails for good. Start it again in-process (state lives in
+            # the cluster, so nothing is lost) with a growing pause, instead of exiting into a restart loop.
+            failures = 1 if time.monotonic() - started > 300 else failures + 1
+            pause = min(60.0, 2.0 ** failures)
+            logger.warning("the operator stopped (%s: %s); starting it again in %.0f s (failure %d in a row)",
+                           type(error).__name__, error, pause, failures)
+            time.sleep(pause)
 
 
 if __name__ == "__main__":

@@ -302,8 +302,12 @@ def operator_short_resync(kube, namespace, tmp_path):
     op.start()
     yield op
     op.stop()
-    for line in op.log_text().splitlines():
-        assert "Traceback" not in line, op.log_tail(120)
+    log = op.log_text()
+    # kopf gives up on a watch that gets a 404 while the restarted API server is still publishing the
+    # custom resources (a traceback in the log); the operator must then have started kopf again itself.
+    if "Traceback" in log:
+        assert "starting it again in" in log, op.log_tail(120)
+        assert "404" in log, op.log_tail(120)
 
 
 def test_api_server_restart_operator_reconnects(kube, api, namespace, operator_short_resync):

@@ -59,3 +59,25 @@ def test_register_attaches_every_handler_without_touching_the_default_registry()
     assert {"create", "update", "resume"} <= ids
     assert {h.id for h in registry._spawning.get_all_handlers()} == {"resync"}
     assert {h.id for h in registry._watching.get_all_handlers()} == {"owned"}
+
+
+def test_main_starts_kopf_again_after_a_failure(monkeypatch, caplog):
+    """kopf stops for good when one watch fails (e.g. a 404 from a restarting API server): main() runs it again."""
+    from yolo_operator import __main__ as entry
+
+    calls, pauses = [], []
+
+    def fake_run(**kwargs):
+        calls.append(kwargs)
+        if len(calls) < 3:
+            raise RuntimeError("404 page not found")
+
+    monkeypatch.setattr(entry.kopf, "run", fake_run)
+    monkeypatch.setattr(entry.time, "sleep", pauses.append)
+    with caplog.at_level("WARNING", logger="yolo_operator"):
+        assert entry.main(["-n", "ns", "--liveness="]) == 0
+    assert len(calls) == 3
+    assert pauses == [2.0, 4.0]  # growing pause between attempts
+    assert all(call["namespaces"] == ("ns",) for call in calls)
+    assert calls[0]["memo"] is not calls[1]["memo"]  # fresh in-memory state for each run
+    assert "starting it again in 2 s (failure 1 in a row)" in caplog.text
