@@ -2,7 +2,7 @@
 # One GPU check on a lent device machine (about 3 minutes): model forward and service end to end.
 # Run from the repository root; results land in $OUT (the device tool's folder) or /tmp/gpu-out.
 #   bash hack/gpu/check.sh
-# Needs: carry .whl (kserve and its deps for the device's Python, see .library device README) and
+# Needs (made by hack/gpu/prepare.sh): carry .whl (kserve and its deps for the device's Python) and
 # .cache/gpuslim (yolov7-tiny fixture checkpoint + bus.jpg; ../shared does not travel).
 set -u
 export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
