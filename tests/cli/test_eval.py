@@ -70,6 +70,15 @@ def build_ground_truth(detections: list[dict], images: list[dict]) -> dict:
     return {"images": kept_images, "annotations": members, "categories": categories}
 
 
+def image_records(files: list[Path]) -> list[dict]:
+    """COCO ``images`` entries (ids from 1, real sizes) for ``files``."""
+    records = []
+    for index, path in enumerate(files, start=1):
+        height, width = cv2.imread(str(path)).shape[:2]
+        records.append({"id": index, "file_name": path.name, "width": width, "height": height})
+    return records
+
+
 def metrics_of(path: Path) -> dict:
     return json.loads(path.read_text())["metrics"]
 
@@ -79,10 +88,7 @@ def evaluated(tmp_path_factory, fixture_images: Path, tiny_weights: Path) -> dic
     """Ground truth from the model at T, then one evaluation at the official settings (--local)."""
     work = tmp_path_factory.mktemp("eval")
     files = sorted(fixture_images.glob("*.jpg"))
-    images = []
-    for index, path in enumerate(files, start=1):
-        height, width = cv2.imread(str(path)).shape[:2]
-        images.append({"id": index, "file_name": path.name, "width": width, "height": height})
+    images = image_records(files)
     (work / "images.json").write_text(json.dumps({"images": images}))
     ok(run_cli("detect", *files, "--local", "--weights", tiny_weights, "--device", "cpu", "--conf", str(T),
                "--iou", "0.65", "--max-det", "300", "--coco", work / "gt_detections.json",
@@ -226,10 +232,7 @@ def test_eval_through_the_service(cli_server, fixture_images: Path, tmp_path: Pa
     """The same construction through the predictor (REST; one request at a time so both runs see the
     same batch shapes and hence bit-identical boxes)."""
     files = sorted(fixture_images.glob("*.jpg"))
-    images = []
-    for index, path in enumerate(files, start=1):
-        height, width = cv2.imread(str(path)).shape[:2]
-        images.append({"id": index, "file_name": path.name, "width": width, "height": height})
+    images = image_records(files)
     (tmp_path / "images.json").write_text(json.dumps({"images": images}))
     ok(run_cli("detect", *files, "--url", cli_server.http_url, "--concurrency", "1", "--conf", str(T),
                "--iou", "0.65", "--max-det", "300", "--coco", tmp_path / "gt.json",
