@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.tools.predictor_server import free_port
+from tests.tools.ports import free_port
 
 from .conftest import REPO_ROOT, cli_command, make_video, ok, read_jsonl, read_video, run_cli, scrape_batches
 

@@ -19,7 +19,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from yolo_operator import config as c
 
-from tests.tools.kube import free_port
+from tests.tools.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD_PATH = ROOT / "crds" / "yolodetector.yaml"

@@ -50,7 +50,8 @@ from typing import Any
 
 import httpx
 
-from tests.tools.kube import _die_with_parent, free_port
+from tests.tools.kube import _die_with_parent
+from tests.tools.ports import free_port_pair
 
 __all__ = ["LocalKubelet", "Pod", "PathMap", "image_env", "container_argv", "map_args"]
 
@@ -456,11 +457,7 @@ class LocalKubelet:
         paths = PathMap(mapping)
 
         if name not in self._ports:
-            http_port = free_port()
-            grpc_port = free_port()
-            while grpc_port == http_port:
-                grpc_port = free_port()
-            self._ports[name] = (http_port, grpc_port)
+            self._ports[name] = free_port_pair()
         http_port, grpc_port = self._ports[name]
         ports = {"--http_port": http_port, "--grpc_port": grpc_port}
         argv = container_argv(container, self.python, paths, ports, self.entrypoint)

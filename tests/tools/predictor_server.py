@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,19 +24,15 @@ from pathlib import Path
 
 import httpx
 
+from tests.tools.ports import free_port_pair
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-__all__ = ["PredictorServer", "PredictorServerError", "free_port", "predictor_server"]
+__all__ = ["PredictorServer", "PredictorServerError", "predictor_server"]
 
 
 class PredictorServerError(RuntimeError):
     """The predictor exited or did not become ready; the message holds the tail of its log."""
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -127,9 +122,7 @@ def predictor_server(
     stop_grace: float = 15.0,
 ) -> Iterator[PredictorServer]:
     """Run ``python -m predictor`` on free 127.0.0.1 ports until the ``with`` block ends."""
-    http_port, grpc_port = free_port(), free_port()
-    while grpc_port == http_port:
-        grpc_port = free_port()
+    http_port, grpc_port = free_port_pair()
     log_dir = Path(tempfile.mkdtemp(prefix="predictor-log-"))
     log_path = log_dir / "predictor.log"
     command = [

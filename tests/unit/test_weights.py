@@ -7,7 +7,6 @@ import http.server
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.tools.ports import free_port
 from weights import fetch
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -96,12 +96,6 @@ def _leftovers(dest: Path) -> list[str]:
     return sorted(p.name for p in dest.iterdir() if p.name.endswith(".part"))
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 # ----- the manifest itself ---------------------------------------------------------------------------
 def test_manifest_lists_every_official_variant() -> None:
     manifest = fetch.load_manifest()
@@ -179,7 +173,7 @@ def test_corrupted_existing_file_is_replaced(tmp_path: Path, server: _Server) ->
 
 def test_unreachable_server_explains_how_to_provide_the_file(tmp_path: Path) -> None:
     dest = tmp_path / "weights"
-    base = f"http://127.0.0.1:{_closed_port()}/release"
+    base = f"http://127.0.0.1:{free_port()}/release"
     code, _, err = _run("yolov7-tiny", "--dest", str(dest), "--url-base", base, "--timeout", "5",
                         "--manifest", str(_manifest(tmp_path)))
     assert code == 1
@@ -263,7 +257,7 @@ def test_unknown_name_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> No
 
 # ----- the real command line -------------------------------------------------------------------------
 def test_cli_module_exit_status_when_offline(tmp_path: Path) -> None:
-    env = dict(os.environ, YOLO_WEIGHTS_URL_BASE=f"http://127.0.0.1:{_closed_port()}/x")
+    env = dict(os.environ, YOLO_WEIGHTS_URL_BASE=f"http://127.0.0.1:{free_port()}/x")
     result = subprocess.run(
         [sys.executable, "-m", "weights.fetch", "yolov7", "--dest", str(tmp_path), "--timeout", "5"],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60,
