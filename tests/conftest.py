@@ -12,7 +12,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 def fixtures_root() -> Path:
     """`YOLO_FIXTURES`, defaulting to ../shared/fixtures beside the checkout."""
-    return Path(os.environ.get("YOLO_FIXTURES", REPO_ROOT.parent / "shared" / "fixtures")).resolve()
+    return Path(os.environ.get("YOLO_FIXTURES") or REPO_ROOT.parent / "shared" / "fixtures").resolve()
 
 
 @pytest.fixture(scope="session")

@@ -34,10 +34,9 @@ VARIANTS = ("yolov7-tiny", "yolov7")
 
 
 def _fixtures() -> Path:
-    root = Path(
-        os.environ.get("YOLO_FIXTURES", Path(__file__).resolve().parents[2].parent / "shared" / "fixtures")
-    )
-    return root / "yolov7"
+    from tests.conftest import fixtures_root
+
+    return fixtures_root() / "yolov7"
 
 
 def build_models(variant: str) -> tuple[torch.nn.Module, torch.nn.Module, str]:

@@ -41,8 +41,9 @@ STAGES = ("decode", "preprocess", "forward", "postprocess")
 
 
 def _fixtures() -> Path:
-    root = Path(os.environ.get("YOLO_FIXTURES", REPO_ROOT.parent / "shared" / "fixtures"))
-    return root / "yolov7"
+    from tests.conftest import fixtures_root
+
+    return fixtures_root() / "yolov7"
 
 
 def _scrape(client: httpx.Client, url: str) -> dict[str, float]:

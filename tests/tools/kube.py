@@ -62,10 +62,9 @@ def cache_dir() -> Path:
 
 def fixtures_dir() -> Path:
     """The shared fixtures (``$YOLO_FIXTURES``, default ``../shared/fixtures`` beside the checkout)."""
-    env = os.environ.get("YOLO_FIXTURES")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
+    from tests.conftest import fixtures_root
+
+    return fixtures_root()
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
