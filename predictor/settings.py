@@ -10,7 +10,6 @@ Flag names follow KServe's own style (``--model_name``, ``--http_port``): unders
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -183,9 +182,6 @@ class PredictorSettings:
                 continue
             args.append(f"{option.flag}={_render(value)}")
         return args
-
-    def replace(self, **changes: Any) -> PredictorSettings:
-        return dataclasses.replace(self, **changes)
 
 
 def _render(value: Any) -> str:
