@@ -13,6 +13,7 @@ import sys
 DEFAULT_MODEL_NAME = "yolov7"
 # gRPC framing and the other fields of a ModelInferRequest around the image bytes.
 GRPC_ENVELOPE_BYTES = 64 * 1024
+GIL_SWITCH_INTERVAL_S = 0.0001
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,6 +30,25 @@ def build_parser() -> argparse.ArgumentParser:
     # Ours by default; KServe's is "model". None = follow --max_request_bytes.
     parser.set_defaults(model_name=DEFAULT_MODEL_NAME, grpc_max_receive_message_length=None)
     return parser
+
+
+def quiet_request_logs() -> None:
+    """Silence the per-request INFO lines: uvicorn's access log and KServe's request timing trace."""
+    from kserve.logging import KSERVE_TRACE_LOGGER_NAME
+
+    for name in ("uvicorn.access", KSERVE_TRACE_LOGGER_NAME):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def tune_for_serving() -> None:
+    """Interpreter settings for one process that serves many requests with a few worker threads.
+
+    GIL switch interval 0.1 ms instead of 5 ms: the batch stages (decode, forward, NMS) give up the GIL
+    at every CUDA synchronisation and must get it back from a busy event loop. Measured on an H200
+    (yolov7, compile, concurrency 64, same warm machine, back to back): NMS stage 19.7 → 13.9 ms per
+    batch, 491 → 521 images/s. On the CPU no difference was measurable.
+    """
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -57,6 +77,9 @@ def main(argv: list[str] | None = None) -> None:
         ours.setLevel(logging.INFO)
         ours.propagate = False
 
+    if not settings.request_logs:
+        quiet_request_logs()
+
     # KServe's GRPCServer reads its message limits from kserve.model_server.args (parsed at import).
     grpc_receive = args.grpc_max_receive_message_length
     if grpc_receive is None:
@@ -84,6 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     install(model_server.app, server, model=model, max_request_bytes=settings.max_request_bytes,
             demo=settings.demo)
+    tune_for_serving()
     server.start([model])
 
 

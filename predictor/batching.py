@@ -2,13 +2,22 @@
 
 A request submits its items with :meth:`DynamicBatcher.submit` and awaits their results. One collector
 task on the event loop takes the oldest waiting item, waits until ``max_batch_size`` items are queued
-or ``max_delay_s`` has passed since that item arrived, and hands the batch to ``process`` in ONE
-dedicated worker thread (so the event loop stays responsive and forwards never overlap). While a batch
-runs, new items queue up and form the next batch. Results go back to each item's own future, in order,
-so requests never see each other's results; an exception raised by ``process`` fails that batch's items,
-and an exception *returned* in an item's place fails that item alone.
+or ``max_delay_s`` has passed since that item arrived, and hands the batch to the processing stages.
+Results go back to each item's own future, in order, so requests never see each other's results; an
+exception raised by a stage fails that batch's items, and an exception *returned* in an item's place
+fails that item alone.
 
-The batcher knows nothing about images or models: ``process(list[T]) -> list[R]`` does the work.
+Processing is one function or a pipeline of stages (e.g. load → forward → postprocess), each stage in
+ONE dedicated worker thread of its own (so the event loop stays responsive, and two batches are never in
+the same stage at once). Batch ``k + 1`` is formed as soon as batch ``k`` has *entered its last stage*
+(with a single stage: when ``k`` is done): ``k + 1`` is then loaded and run while ``k`` is postprocessed,
+and at most two batches are in flight — new items keep queueing for the batch after, so batches stay
+large under load. (Forming ``k + 1`` already when ``k`` entered its forward was measured too, on an
+H200: the batches then formed as fast as loading went, stayed small, and queued in front of the slowest
+stage instead — 434 against 469 images/s at concurrency 64.)
+
+The batcher knows nothing about images or models: ``stage(value) -> value`` does the work; the first
+stage gets ``list[T]``, the last returns one result per item.
 
 :class:`Admission` bounds the work in flight in front of it: a request takes slots (one per item) before
 its items are prepared, and gives them back when it ends, however it ends; a request that does not fit
@@ -89,10 +98,12 @@ class DynamicBatcher(Generic[T, R]):
 
     Args:
         process: called in the worker thread with a batch; must return one result per item, in order.
+            Or a sequence of stages: the first gets the batch, each next one the previous one's return
+            value, the last returns the results; each stage runs in a worker thread of its own.
         max_batch_size: the largest batch formed.
         max_delay_s: how long the oldest waiting item may wait for company (0 = never wait; batches
             still form from items that queued while the previous batch ran).
-        on_batch: called (in the worker thread, before ``process``) with the batch size and the oldest
+        on_batch: called (in the first stage's thread, before it) with the batch size and the oldest
             item's queueing delay in seconds — e.g. to feed metrics.
         incoming: optional; how many items are on their way (e.g. requests still being decoded). When it
             says none, a partial batch runs at once instead of waiting out ``max_delay_s`` for company
@@ -101,7 +112,7 @@ class DynamicBatcher(Generic[T, R]):
 
     def __init__(
         self,
-        process: Callable[[list[T]], Sequence[R]],
+        process: Callable[[list[T]], Sequence[R]] | Sequence[Callable[[Any], Any]],
         *,
         max_batch_size: int,
         max_delay_s: float,
@@ -113,7 +124,10 @@ class DynamicBatcher(Generic[T, R]):
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         if max_delay_s < 0:
             raise ValueError(f"max_delay_s must be >= 0, got {max_delay_s}")
-        self._process = process
+        stages = tuple(process) if isinstance(process, Sequence) else (process,)
+        if not stages or not all(callable(stage) for stage in stages):
+            raise ValueError("process must be a callable or a non-empty sequence of callables")
+        self._stages = stages
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_s
         self._on_batch = on_batch
@@ -123,7 +137,9 @@ class DynamicBatcher(Generic[T, R]):
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._executor: ThreadPoolExecutor | None = None
+        self._executors: list[ThreadPoolExecutor] = []
+        self._batches_running: set[asyncio.Task] = set()
+        self._next_batch_allowed: asyncio.Event | None = None
         self.batches = 0  # batches run so far
         self.items = 0  # items processed so far
         self.largest_batch = 0
@@ -151,21 +167,24 @@ class DynamicBatcher(Generic[T, R]):
         return len(self._pending)
 
     async def close(self) -> None:
-        """Stop the collector; items still queued fail with ``RuntimeError``."""
-        if self._task is not None:
-            self._task.cancel()
+        """Stop the collector and the batches in flight; items still queued fail with ``RuntimeError``."""
+        tasks = [task for task in (self._task, *self._batches_running) if task is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
             try:
-                await self._task
-            except asyncio.CancelledError:
+                await task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - shutting down
                 pass
-            self._task = None
+        self._task = None
+        self._batches_running.clear()
         while self._pending:
             pending = self._pending.popleft()
             if not pending.future.done():
                 pending.future.set_exception(RuntimeError(f"{self._name} closed"))
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
+        for executor in self._executors:
+            executor.shutdown(wait=True)
+        self._executors = []
 
     # ----- internals ----------------------------------------------------------------------------------
     def _ensure_started(self) -> None:
@@ -174,8 +193,13 @@ class DynamicBatcher(Generic[T, R]):
             return
         self._loop = loop
         self._wakeup = asyncio.Event()
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self._name)
+        self._next_batch_allowed = asyncio.Event()
+        self._next_batch_allowed.set()
+        if not self._executors:
+            self._executors = [
+                ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self._name}-{index}" if index else self._name)
+                for index in range(len(self._stages))
+            ]
         self._task = loop.create_task(self._collect(), name=f"{self._name}-collector")
 
     def _drop_cancelled_head(self) -> None:
@@ -183,7 +207,7 @@ class DynamicBatcher(Generic[T, R]):
             self._pending.popleft()
 
     async def _collect(self) -> None:
-        assert self._wakeup is not None and self._loop is not None
+        assert self._wakeup is not None and self._loop is not None and self._next_batch_allowed is not None
         wakeup = self._wakeup
         while True:
             self._drop_cancelled_head()
@@ -191,6 +215,7 @@ class DynamicBatcher(Generic[T, R]):
                 wakeup.clear()
                 await wakeup.wait()
                 self._drop_cancelled_head()
+            await self._next_batch_allowed.wait()  # the previous batch has moved on
             deadline = self._pending[0].enqueued + self.max_delay_s
             while len(self._pending) < self.max_batch_size:
                 remaining = deadline - time.monotonic()
@@ -209,34 +234,56 @@ class DynamicBatcher(Generic[T, R]):
             if not batch:
                 continue
             waited = time.monotonic() - batch[0].enqueued
-            try:
-                results = await self._loop.run_in_executor(self._executor, self._run, batch, waited)
-            except asyncio.CancelledError:
-                for pending in batch:
-                    if not pending.future.done():
-                        pending.future.set_exception(RuntimeError(f"{self._name} closed"))
-                raise
-            except Exception as error:  # noqa: BLE001 - forwarded to the requests of this batch
-                for pending in batch:
-                    if not pending.future.done():
-                        pending.future.set_exception(error)
-                continue
-            for pending, result in zip(batch, results, strict=True):
-                if pending.future.done():
-                    continue
-                if isinstance(result, BaseException):  # this item's own failure
-                    pending.future.set_exception(result)
-                else:
-                    pending.future.set_result(result)
+            self._next_batch_allowed.clear()
+            task = self._loop.create_task(self._run_batch(batch, waited), name=f"{self._name}-batch")
+            self._batches_running.add(task)
+            task.add_done_callback(self._batches_running.discard)
 
-    def _run(self, batch: list[_Pending[T]], waited: float) -> Sequence[Any]:
-        size = len(batch)
+    async def _run_batch(self, batch: list[_Pending[T]], waited: float) -> None:
+        """Carry one batch through the stages and settle its items' futures."""
+        assert self._loop is not None and self._next_batch_allowed is not None
+        loop, allow_next = self._loop, self._next_batch_allowed
+        try:
+            value: Any = [pending.item for pending in batch]
+            for index, stage in enumerate(self._stages):
+                if index == 0:
+                    call = (self._first_stage, stage, value, len(batch), waited)
+                elif index == len(self._stages) - 1:  # the next batch may form as this one enters its last stage
+                    call = (self._signal_then_run, stage, value, lambda: loop.call_soon_threadsafe(allow_next.set))
+                else:
+                    call = (stage, value)
+                value = await loop.run_in_executor(self._executors[index], *call)
+            if len(value) != len(batch):
+                raise RuntimeError(f"{self._name}: process returned {len(value)} results for {len(batch)} items")
+        except asyncio.CancelledError:
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(RuntimeError(f"{self._name} closed"))
+            raise
+        except Exception as error:  # noqa: BLE001 - forwarded to the requests of this batch
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(error)
+            return
+        finally:
+            allow_next.set()
+        for pending, result in zip(batch, value, strict=True):
+            if pending.future.done():
+                continue
+            if isinstance(result, BaseException):  # this item's own failure
+                pending.future.set_exception(result)
+            else:
+                pending.future.set_result(result)
+
+    def _first_stage(self, stage: Callable[[Any], Any], items: list[T], size: int, waited: float) -> Any:
         self.batches += 1
         self.items += size
         self.largest_batch = max(self.largest_batch, size)
         if self._on_batch is not None:
             self._on_batch(size, waited)
-        results = self._process([pending.item for pending in batch])
-        if len(results) != size:
-            raise RuntimeError(f"{self._name}: process returned {len(results)} results for {size} items")
-        return results
+        return stage(items)
+
+    @staticmethod
+    def _signal_then_run(stage: Callable[[Any], Any], value: Any, signal: Callable[[], Any]) -> Any:
+        signal()
+        return stage(value)

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 ACCEL_MODES = ("auto", "eager", "cudagraph", "compile")
 PRECISIONS = ("auto", "fp32", "fp16")
-DEFAULT_COMPILE_MODE = "max-autotune-no-cudagraphs"
+DEFAULT_COMPILE_MODE = "default"  # max-autotune* compile for minutes per batch size
 
 
 @dataclass
@@ -121,12 +121,16 @@ class Detector:
         input_size: square network input ``S``; default the model's ``input_size`` (640 for P5 models);
             must be a multiple of the largest stride.
         accel: ``"auto"`` (CUDA graphs on CUDA, eager on CPU), ``"eager"``, ``"cudagraph"``,
-            ``"compile"`` (the last two need CUDA).
+            ``"compile"`` (the last two need CUDA). ``"cudagraph"`` captures the network per batch size
+            on first use; ``"compile"`` runs ``torch.compile``'s fused kernels, captured in CUDA graphs
+            for the batch sizes given to :meth:`warmup` only (each is a compilation of ~10 s), other
+            sizes padded up to the next captured one.
         compile_mode: ``torch.compile`` mode for ``accel="compile"``.
         max_graphs: at most this many CUDA graphs (one per input shape) are captured.
-        graph_max_batch: batches larger than this run eagerly under ``accel="cudagraph"`` (measured on
-            an H200: graphs save ~1.5 ms of launch overhead per forward, which no longer matters from
-            batch ~16 on, while each captured size costs a capture and pool memory).
+        graph_max_batch: under ``accel="cudagraph"``, batches larger than this are not captured on first
+            use (measured on an H200: graphs save ~1.5 ms of launch overhead per forward, which no longer
+            matters from batch ~16 on, while each captured size costs a capture and pool memory); they
+            are padded up to a larger captured size if there is one, else run eagerly.
     """
 
     def __init__(
@@ -294,15 +298,20 @@ class Detector:
             )
         batch = batch.to(self.device, self.dtype, non_blocking=True)
         with torch.inference_mode():
-            if self.accel == "cudagraph":
+            if self.accel in ("cudagraph", "compile"):
                 return self._graph_forward(batch)
-            if self.accel == "compile" and self._compiled is not None:
-                try:
-                    return self._compiled(batch).clone()
-                except Exception:  # any compiler failure: fall back, once, loudly
-                    log.warning("torch.compile failed; falling back to eager execution", exc_info=True)
-                    self._compiled = None
             return self.model(batch)
+
+    def _run_network(self, batch: torch.Tensor, *, compiled: bool = True) -> torch.Tensor:
+        """The network without graphs: compiled under ``accel="compile"`` (unless ``compiled`` is False,
+        e.g. for a batch size that would cost a new compilation), else eager."""
+        if compiled and self._compiled is not None:
+            try:
+                return self._compiled(batch)
+            except Exception:  # any compiler failure: fall back, once, loudly
+                log.warning("torch.compile failed; falling back to eager execution", exc_info=True)
+                self._compiled = None
+        return self.model(batch)
 
     def postprocess(
         self,
@@ -321,20 +330,31 @@ class Detector:
             raise ValueError(f"raw must be a tensor [N, R, 5 + nc], got {getattr(raw, 'shape', type(raw))}")
         if raw.shape[0] != len(infos):
             raise ValueError(f"{raw.shape[0]} outputs but {len(infos)} LetterboxInfo")
-        dets = ops.non_max_suppression(raw, conf, iou, classes=classes, agnostic=agnostic, max_det=max_det)
-        counts = [d.shape[0] for d in dets]
-        host = torch.cat(dets).cpu() if dets else torch.zeros((0, 6))  # one device → host copy
-        shape = (self.input_size, self.input_size)
+        det, image = ops.non_max_suppression_flat(raw, conf, iou, classes=classes, agnostic=agnostic,
+                                                  max_det=max_det)
+        host = torch.cat((det, image[:, None].to(det.dtype)), dim=1).cpu().numpy()  # one device → host copy
+        image = host[:, 6].astype(np.int64)
+        counts = np.bincount(image, minlength=len(infos))
+        # Boxes back to each original image, all rows at once, with the official per-image arithmetic of
+        # ops.scale_boxes (gain and pad recomputed from the shapes, float32 like the tensors there).
+        s = self.input_size
+        originals = np.array([info.original_shape for info in infos], dtype=np.float64).reshape(-1, 2)
+        gain = np.minimum(s / originals[:, 0], s / originals[:, 1])
+        pad_w, pad_h = (s - originals[:, 1] * gain) / 2, (s - originals[:, 0] * gain) / 2
+        per_row = lambda values: values.astype(np.float32)[image]  # noqa: E731
+        boxes = host[:, :4].copy()
+        boxes[:, 0::2] -= per_row(pad_w)[:, None]
+        boxes[:, 1::2] -= per_row(pad_h)[:, None]
+        boxes /= per_row(gain)[:, None]
+        np.clip(boxes[:, 0::2], 0, per_row(originals[:, 1])[:, None], out=boxes[:, 0::2])
+        np.clip(boxes[:, 1::2], 0, per_row(originals[:, 0])[:, None], out=boxes[:, 1::2])
+        scores, classes = host[:, 4], host[:, 5].astype(np.int64)
         out = []
-        for d, info in zip(torch.split(host, counts), infos, strict=True):
-            boxes = ops.scale_boxes(d[:, :4], shape, info.original_shape)
-            out.append(
-                Detections(
-                    boxes=boxes.numpy().astype(np.float32, copy=False),
-                    scores=d[:, 4].numpy().astype(np.float32, copy=True),
-                    classes=d[:, 5].numpy().astype(np.int64),
-                )
-            )
+        start = 0
+        for count in counts.tolist():
+            end = start + count
+            out.append(Detections(boxes=boxes[start:end], scores=scores[start:end].copy(), classes=classes[start:end]))
+            start = end
         return out
 
     def detect(self, images: Sequence[np.ndarray], **thresholds: Any) -> list[Detections]:
@@ -348,32 +368,45 @@ class Detector:
         for n in batch_sizes:
             if int(n) < 1:
                 raise ValueError(f"batch sizes must be >= 1, got {n}")
+            if self.accel in ("cudagraph", "compile"):  # captured whatever graph_max_batch says
+                with self._lock, torch.cuda.device(self.device):
+                    if (int(n), 3, s, s) not in self._graphs and not self._graph_failed \
+                            and len(self._graphs) < self.max_graphs:
+                        self._capture((int(n), 3, s, s))
             self.forward(torch.zeros((int(n), 3, s, s), dtype=self.dtype, device=self.device))
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
     # ------------------------------------------------------------------ CUDA graphs
     def _graph_forward(self, batch: torch.Tensor) -> torch.Tensor:
-        """Replay (capturing first if needed) the graph for this input shape.
+        """Replay the graph for this input shape: captured now if allowed (``accel="cudagraph"``, up to
+        ``graph_max_batch``), else the smallest captured graph of a larger batch with the batch padded
+        into it, else the network without a graph.
 
-        Serialised by a lock, eager fallback included, so that no other forward runs while a graph is
-        being captured (capture is best done up front by :meth:`warmup`).
+        Serialised by a lock, fallback included, so that no other forward runs while a graph is being
+        captured (capture is best done up front by :meth:`warmup`).
         """
         key = tuple(batch.shape)
+        n = key[0]
         with self._lock, torch.cuda.device(self.device):
             g = self._graphs.get(key)
             if (
                 g is None
+                and self.accel == "cudagraph"
                 and not self._graph_failed
-                and key[0] <= self.graph_max_batch
+                and n <= self.graph_max_batch
                 and len(self._graphs) < self.max_graphs
             ):
                 g = self._capture(key)
             if g is None:
-                return self.model(batch)
-            g.static_in.copy_(batch)
+                larger = [shape for shape in self._graphs if shape[1:] == key[1:] and shape[0] > n]
+                g = self._graphs[min(larger)] if larger else None
+            if g is None:  # no graph: compiled only for a shape it was compiled for (no stall mid-serving)
+                compiled = self._graph_failed or not self._graphs
+                return self._run_network(batch, compiled=compiled).clone()
+            g.static_in[:n].copy_(batch)  # rows past n keep older inputs: computed, never returned
             g.graph.replay()
-            return g.static_out.clone()
+            return g.static_out[:n].clone()
 
     def _capture(self, shape: tuple[int, ...]) -> _Graph | None:
         """Capture the network for one input shape (caller holds the lock); ``None`` if capture fails,
@@ -387,8 +420,8 @@ class Detector:
             side = torch.cuda.Stream(device=self.device)
             side.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(side):
-                for _ in range(3):  # cuDNN autotuning and lazy init happen outside the capture
-                    self.model(static_in)
+                for _ in range(3):  # compilation, cuDNN autotuning and lazy init happen outside the capture
+                    self._run_network(static_in)
             torch.cuda.current_stream(self.device).wait_stream(side)
             graph = torch.cuda.CUDAGraph()
             try:  # other threads' CUDA calls must not invalidate the capture (torch >= 2.1)
@@ -396,7 +429,7 @@ class Detector:
             except TypeError:
                 ctx = torch.cuda.graph(graph, pool=self._graph_pool)
             with ctx:
-                static_out = self.model(static_in)
+                static_out = self._run_network(static_in)
             torch.cuda.synchronize(self.device)
         except Exception:  # capture unsupported here: eager from now on
             log.warning("CUDA graph capture failed for input %s; running eagerly", shape, exc_info=True)

@@ -4,7 +4,8 @@ Everything here follows the official YOLOv7 semantics (see ``docs/ops.md``):
 
 * :func:`letterbox` — OpenCV resize + constant padding, bit-exact with the official letterbox.
 * :func:`letterbox_tensor` — the same geometry on a torch tensor (GPU path); pixels may differ from
-  OpenCV's fixed-point bilinear by a grey level or so (measured in ``docs/ops.md``).
+  OpenCV's fixed-point bilinear by a grey level or so (measured in ``docs/ops.md``);
+  :func:`letterbox_batch_tensor` does a whole batch, one resize per distinct image shape.
 * :func:`non_max_suppression` — candidate filtering (vectorised over the batch), best class only,
   class-aware NMS, ``max_det`` per image.
 * :func:`scale_boxes` / :func:`clip_boxes` / :func:`xywh_to_xyxy` — box maths.
@@ -27,10 +28,12 @@ __all__ = [
     "letterbox_geometry",
     "letterbox",
     "letterbox_tensor",
+    "letterbox_batch_tensor",
     "xywh_to_xyxy",
     "clip_boxes",
     "scale_boxes",
     "non_max_suppression",
+    "non_max_suppression_flat",
 ]
 
 PAD_COLOR = (114, 114, 114)
@@ -201,6 +204,62 @@ def letterbox_tensor(
     return out, geo.ratio, geo.pad
 
 
+def letterbox_batch_tensor(
+    images: Sequence[torch.Tensor],
+    size: int,
+    *,
+    dtype: torch.dtype,
+    color: int | Sequence[int] = PAD_COLOR,
+) -> tuple[torch.Tensor, list[LetterboxGeometry]]:
+    """:func:`letterbox_tensor` for a whole batch, straight into the network input.
+
+    Images of the same shape are resized together (one ``interpolate`` per distinct shape, not per
+    image), so a batch from one camera or one upload form costs a handful of kernels. Per image the
+    values equal :func:`letterbox_tensor` with a float ``dtype``.
+
+    Args:
+        images: ``N`` ``uint8`` tensors ``[3, H, W]`` (CHW), all on one device, any sizes.
+        size: the square canvas ``S`` (no ``auto`` padding: the batch needs one shape).
+        dtype: a floating dtype; values are in [0, 1].
+
+    Returns:
+        ``([N, 3, S, S]`` in channels-last memory on the images' device, one geometry per image).
+    """
+    if not images:
+        raise ValueError("images is empty")
+    if not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating dtype, got {dtype}")
+    device = images[0].device
+    geometries = []
+    groups: dict[tuple[int, int], list[int]] = {}
+    for index, image in enumerate(images):
+        if not isinstance(image, torch.Tensor) or image.ndim != 3 or image.shape[0] != 3:
+            got = getattr(image, "shape", type(image).__name__)
+            raise ValueError(f"image {index} must be a uint8 tensor [3, H, W], got {got}")
+        geometries.append(letterbox_geometry(tuple(image.shape[1:]), size))
+        groups.setdefault(tuple(image.shape[1:]), []).append(index)
+    fill = torch.from_numpy(np.resize(np.asarray(color, dtype=np.float32), 3)).mul_(1.0 / 255.0).to(dtype)
+    batch = torch.empty((len(images), size, size, 3), dtype=dtype, device=device)
+    batch[:] = fill.to(device)  # NHWC storage: the channels-last layout of [N, 3, S, S]
+    batch = batch.permute(0, 3, 1, 2)
+    for indices in groups.values():
+        geo = geometries[indices[0]]
+        new_h, new_w = geo.resized
+        top, _, left, _ = geo.borders
+        x = torch.stack([images[i] for i in indices]).float()
+        if tuple(x.shape[2:]) != (new_h, new_w):
+            x = torch.nn.functional.interpolate(
+                x, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=False
+            )
+        x = x.mul_(1.0 / 255.0).to(dtype)
+        if len(indices) == len(images):
+            batch[:, :, top : top + new_h, left : left + new_w] = x
+        else:
+            rows = torch.as_tensor(indices, device=device)
+            batch[rows, :, top : top + new_h, left : left + new_w] = x
+    return batch, geometries
+
+
 # --------------------------------------------------------------------------------------------------
 # boxes
 # --------------------------------------------------------------------------------------------------
@@ -295,6 +354,27 @@ def non_max_suppression(
         ``N`` float32 tensors ``[k, 6]``: (x1, y1, x2, y2, score, class), sorted by descending score,
         on ``pred``'s device.
     """
+    det, image = non_max_suppression_flat(pred, conf_thres, iou_thres, classes=classes, agnostic=agnostic,
+                                          max_det=max_det, max_candidates=max_candidates)
+    counts = torch.bincount(image, minlength=pred.shape[0]).tolist()
+    return list(torch.split(det, counts))
+
+
+def non_max_suppression_flat(
+    pred: torch.Tensor,
+    conf_thres: float = 0.25,
+    iou_thres: float = 0.45,
+    classes: Sequence[int] | None = None,
+    agnostic: bool = False,
+    max_det: int = 300,
+    max_candidates: int = 30000,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`non_max_suppression` without the per-image split (fewer host round trips for a batch).
+
+    Returns:
+        ``det`` float32 ``[K, 6]`` (x1, y1, x2, y2, score, class) for the whole batch, grouped by image
+        in order, by descending score within each image; ``image`` int64 ``[K]``, each row's image.
+    """
     if not isinstance(pred, torch.Tensor) or pred.ndim != 3 or pred.shape[-1] < 6:
         got = getattr(pred, "shape", type(pred).__name__)
         raise ValueError(f"pred must be a tensor [N, R, 5 + num_classes] with num_classes >= 1, got {got}")
@@ -322,23 +402,35 @@ def non_max_suppression(
     keep = score > conf_thres
     if class_filter is not None:
         keep &= torch.isin(cls, class_filter)
+    keep = keep.nonzero().squeeze(1)  # one host round trip for the four selections below
     img_idx, x, score, cls = img_idx[keep], x[keep], score[keep], cls[keep]
     boxes = xywh_to_xyxy(x[:, :4])
     det = torch.cat((boxes, score[:, None], cls[:, None].float()), dim=1)
+    counts = torch.bincount(img_idx, minlength=n)
+    # the largest candidate count and the coordinate range, in one host round trip
+    if det.shape[0]:
+        most, low, high = torch.stack((counts.max().double(), *torch.aminmax(det[:, :4].double()))).tolist()
+    else:
+        most, low, high = 0, 0.0, 0.0
 
-    # Per image: top candidates by score, class-aware NMS, first max_det. Rows are grouped by image
-    # (nonzero is row-major), so one counts-based split suffices.
-    counts = torch.bincount(img_idx, minlength=n).tolist()
-    out: list[torch.Tensor] = []
-    for d in torch.split(det, counts):
-        if d.shape[0] == 0:
-            out.append(d.new_zeros((0, 6)))
-            continue
-        if d.shape[0] > max_candidates:
-            d = d[d[:, 4].argsort(descending=True)[:max_candidates]]
-        if agnostic:
-            i = torchvision.ops.nms(d[:, :4], d[:, 4], iou_thres)
-        else:
-            i = torchvision.ops.batched_nms(d[:, :4], d[:, 4], d[:, 5].long(), iou_thres)
-        out.append(d[i[:max_det]])
-    return out
+    # Per image at most max_candidates (by score) enter NMS: trimmed here only where an image has more.
+    if most > max_candidates:
+        order = torch.argsort(score, descending=True, stable=True)
+        order = order[torch.argsort(img_idx[order], stable=True)]  # by image, by score within each
+        starts = torch.cumsum(counts, 0) - counts
+        rank = torch.arange(order.numel(), device=order.device) - starts[img_idx[order]]
+        trimmed = order[rank < max_candidates].sort().values  # back to row-major (grouped by image)
+        img_idx, det = img_idx[trimmed], det[trimmed]
+
+    # One NMS for the whole batch: boxes of different images (and classes, unless agnostic) are moved
+    # apart so they never overlap — in float64, where that shift costs no precision. torchvision returns
+    # the kept rows by descending score; a stable sort by image keeps that order within each image.
+    group = img_idx if agnostic else img_idx * nc + det[:, 5].long()
+    shift = (group.double() * (high - low + 1.0))[:, None]
+    kept = torchvision.ops.nms(det[:, :4].double() + shift, det[:, 4].double(), iou_thres)
+    kept = kept[torch.argsort(img_idx[kept], stable=True)]
+    counts = torch.bincount(img_idx[kept], minlength=n)
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(kept.numel(), device=kept.device) - starts[img_idx[kept]]
+    kept = kept[rank < int(max_det)]
+    return det[kept], img_idx[kept]

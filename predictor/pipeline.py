@@ -1,20 +1,26 @@
 """The request pipeline between the wire and the :class:`~predictor.engine.Detector`.
 
     encoded bytes / pixels ──(thread pool: header check, decode, letterbox)──▶ prepared images
-    prepared images of concurrent requests ──(DynamicBatcher, one worker thread)──▶ one forward
-    raw output ──(per request thresholds: NMS, boxes back to each original image)──▶ Detections
+    prepared images of concurrent requests ──(DynamicBatcher)──▶ batches, each through three stages:
+        load         stack the batch into the network input (CUDA: decode its JPEGs with nvJPEG and
+                     letterbox them on the GPU, one resize per distinct image size)
+        forward      one forward pass
+        postprocess  per request thresholds: NMS, boxes back to each original image → Detections
 
-Decoding and letterboxing run in a thread pool (OpenCV releases the GIL), never on the event loop; the
-forward runs in the batcher's single worker thread. The full-size decoded image is dropped as soon as it
-is letterboxed, so memory per in-flight image is bounded by the network input, not by the upload.
+Decoding and letterboxing run in a thread pool (OpenCV releases the GIL), never on the event loop. On
+CUDA each batch stage runs in a thread and on a CUDA stream of its own, so batch ``k + 1`` is loaded
+and run while batch ``k``'s NMS runs (see :mod:`predictor.batching`); on the CPU, where the forward takes every core, the three run in turn in
+one worker thread. The full-size decoded image is dropped as soon as it is letterboxed, so
+memory per in-flight image is bounded by the network input, not by the upload.
 
 On CUDA, JPEGs are decoded on the GPU in batches (``torchvision.io.decode_jpeg(device="cuda")``) and
-letterboxed there (:func:`predictor.ops.letterbox_tensor`); any failure falls back to the CPU path.
+letterboxed there (:func:`predictor.ops.letterbox_batch_tensor`); any failure falls back to the CPU path.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -44,7 +50,7 @@ class PreparedImage:
     params: DetectParams
     letterboxed: np.ndarray | None = None  # uint8 [S, S, 3]
     info: LetterboxInfo | None = None
-    jpeg: bytes | None = None
+    jpeg: bytearray | None = None
     where: str = "image"
     # seconds spent on this image per stage; "forward"/"postprocess" are its batch's, "batch" its id
     timings: dict[str, float] = field(default_factory=dict)
@@ -54,6 +60,19 @@ class PreparedImage:
         """(height, width) of the original image; known after decoding."""
         assert self.info is not None
         return self.info.original_shape
+
+
+@dataclass(eq=False)
+class _Batch:
+    """One batch between the stages."""
+
+    items: list[PreparedImage]
+    results: list[Any]  # per item: Detections, or the item's own exception, or None (not yet)
+    kept: list[int] = field(default_factory=list)  # items (indices) that are rows of ``inputs``/``raw``
+    inputs: torch.Tensor | None = None  # [len(kept), 3, S, S]
+    raw: torch.Tensor | None = None  # [len(kept), R, 5 + nc]
+    forward_s: float = 0.0
+    batch_id: int = 0
 
 
 class DetectionPipeline:
@@ -81,8 +100,16 @@ class DetectionPipeline:
         self.gpu_decode = cuda if gpu_decode is None else (gpu_decode and cuda)
         self._preparing = 0  # images being decoded now: they will reach the batcher shortly
         self._batch_id = 0
+        # One CUDA stream per batch stage: their GPU work overlaps (decode/letterbox, forward, NMS).
+        self._streams = (
+            {stage: torch.cuda.Stream(detector.device) for stage in ("load", "forward", "postprocess")}
+            if cuda else None
+        )
+        # On the CPU the forward takes every core: overlapping stages would gain nothing and only split
+        # the batches (the next one would form as soon as this one enters its forward).
+        stages = (self._load_batch, self._forward_batch, self._postprocess_batch)
         self.batcher: DynamicBatcher[PreparedImage, Detections] = DynamicBatcher(
-            self._process_batch,
+            stages if cuda else self._run_stages_in_turn,
             max_batch_size=max_batch_size,
             max_delay_s=max_batch_delay_s,
             on_batch=self._observe_batch,
@@ -124,7 +151,8 @@ class DetectionPipeline:
                 info = codec.probe_image(source, where)
                 codec.check_pixels(info.width, info.height, self.limits.max_pixels, where)
                 if info.format == "jpeg" and info.orientation == 1:  # nvJPEG ignores EXIF orientation
-                    return PreparedImage(params=params, jpeg=source, where=where)
+                    # a writable copy, made here in the pool: torch.frombuffer then wraps it as it is
+                    return PreparedImage(params=params, jpeg=bytearray(source), where=where)
             start = time.perf_counter()
             image = codec.decode_image(source, self.limits.max_pixels, where)
             timings["decode"] = time.perf_counter() - start
@@ -138,53 +166,88 @@ class DetectionPipeline:
         self.metrics.stage.labels("preprocess").observe(timings["preprocess"])
         return PreparedImage(params=params, letterboxed=letterboxed, info=info, where=where, timings=timings)
 
-    # ----- worker thread side -----------------------------------------------------------------------
+    # ----- batch stages (each in its own worker thread) -----------------------------------------------
     def _observe_batch(self, size: int, waited: float) -> None:
         self.metrics.batch_size.observe(size)
         self.metrics.batch_queue.observe(waited)
 
-    def _process_batch(self, items: list[PreparedImage]) -> list[Detections | Exception]:
-        """One forward for the batch; NMS per group of items sharing thresholds. An item whose image
-        fails to decode here (GPU path only) gets its own error; the others are unaffected."""
-        detector = self.detector
-        results: list[Detections | Exception | None] = [None] * len(items)
-        if any(item.jpeg is not None for item in items):
-            batch, kept = self._gpu_batch(items, results)
-            if not kept:
-                return results  # type: ignore[return-value]
-        else:
-            batch = self._stack([item.letterboxed for item in items])
-            kept = list(range(len(items)))
-        start = time.perf_counter()
-        raw = detector.forward(batch)
-        if raw.device.type == "cuda":
-            torch.cuda.synchronize(raw.device)
-        forward = time.perf_counter() - start
-        self.metrics.stage.labels("forward").observe(forward)
-        self._batch_id += 1
+    def _stage_stream(self, stage: str) -> Any:
+        """The stage's own CUDA stream as a context (its work overlaps the other stages'); a no-op on the CPU."""
+        if self._streams is None:
+            return contextlib.nullcontext()
+        return torch.cuda.stream(self._streams[stage])
 
+    def _sync_stage(self) -> None:
+        """Wait (GIL released) until the GPU work this stage queued on its stream is done: the next stage
+        then takes finished tensors (and records its own stream on them for the caching allocator)."""
+        if self._streams is None:
+            return
+        torch.cuda.current_stream(self.detector.device).synchronize()
+
+    def _run_stages_in_turn(self, items: list[PreparedImage]) -> list[Detections | Exception]:
+        return self._postprocess_batch(self._forward_batch(self._load_batch(items)))
+
+    def _load_batch(self, items: list[PreparedImage]) -> _Batch:
+        """Stage 1: the network input of the batch. An item whose image fails to decode here (GPU path
+        only) gets its own error; the others are unaffected."""
+        batch = _Batch(items=items, results=[None] * len(items))
+        with self._stage_stream("load"):
+            if any(item.jpeg is not None for item in items):
+                batch.inputs, batch.kept = self._gpu_inputs(items, batch.results)
+            else:
+                batch.inputs = self._stack([item.letterboxed for item in items])
+                batch.kept = list(range(len(items)))
+            self._sync_stage()
+        return batch
+
+    def _forward_batch(self, batch: _Batch) -> _Batch:
+        """Stage 2: one forward pass (timed to the end of its GPU work)."""
+        if not batch.kept:
+            return batch
+        assert batch.inputs is not None
+        with self._stage_stream("forward"):
+            if self._streams is not None:
+                batch.inputs.record_stream(self._streams["forward"])
+            start = time.perf_counter()
+            batch.raw = self.detector.forward(batch.inputs)
+            self._sync_stage()
+            batch.forward_s = time.perf_counter() - start
+        batch.inputs = None
+        self.metrics.stage.labels("forward").observe(batch.forward_s)
+        self._batch_id += 1
+        batch.batch_id = self._batch_id
+        return batch
+
+    def _postprocess_batch(self, batch: _Batch) -> list[Detections | Exception]:
+        """Stage 3: NMS per group of items sharing thresholds, boxes back to each original image."""
+        if not batch.kept:
+            return batch.results  # type: ignore[return-value]
+        raw, items, kept, results = batch.raw, batch.items, batch.kept, batch.results
+        assert raw is not None
         start = time.perf_counter()
-        groups: dict[DetectParams, list[int]] = {}  # thresholds -> rows of ``raw``
-        for row, index in enumerate(kept):
-            groups.setdefault(items[index].params, []).append(row)
-        for params, rows in groups.items():
-            select = raw if len(rows) == raw.shape[0] else raw[torch.as_tensor(rows, device=raw.device)]
-            infos = [items[kept[row]].info for row in rows]
-            for row, det in zip(rows, detector.postprocess(select, infos, **params.as_kwargs()), strict=True):
-                results[kept[row]] = det
+        with self._stage_stream("postprocess"):
+            if self._streams is not None:
+                raw.record_stream(self._streams["postprocess"])
+            groups: dict[DetectParams, list[int]] = {}  # thresholds -> rows of ``raw``
+            for row, index in enumerate(kept):
+                groups.setdefault(items[index].params, []).append(row)
+            for params, rows in groups.items():
+                select = raw if len(rows) == raw.shape[0] else raw[torch.as_tensor(rows, device=raw.device)]
+                infos = [items[kept[row]].info for row in rows]
+                detections = self.detector.postprocess(select, infos, **params.as_kwargs())
+                for row, det in zip(rows, detections, strict=True):
+                    results[kept[row]] = det
         postprocess = time.perf_counter() - start
         self.metrics.stage.labels("postprocess").observe(postprocess)
         for index in kept:
-            items[index].timings.update(forward=forward, postprocess=postprocess, batch=self._batch_id)
+            items[index].timings.update(forward=batch.forward_s, postprocess=postprocess, batch=batch.batch_id)
         return results  # type: ignore[return-value]
 
-    def _gpu_batch(
-        self, items: list[PreparedImage], results: list[Any]
-    ) -> tuple[torch.Tensor | None, list[int]]:
-        """CUDA path: decode the batch's JPEGs with nvJPEG, letterbox on the GPU, stack with the rest.
+    def _gpu_inputs(self, items: list[PreparedImage], results: list[Any]) -> tuple[torch.Tensor | None, list[int]]:
+        """CUDA path: decode the batch's JPEGs with nvJPEG, letterbox them on the GPU, add the rest.
 
         If nvJPEG refuses the batch, its JPEGs are decoded on the CPU one by one; an image that cannot be
-        decoded at all gets its error in ``results``. Returns the batch and the indices it holds."""
+        decoded at all gets its error in ``results``. Returns the network input and the indices it holds."""
         detector = self.detector
         size = self.input_size
         jpeg_indices = [i for i, item in enumerate(items) if item.jpeg is not None]
@@ -196,44 +259,49 @@ class DetectionPipeline:
             self.gpu_decode = False
             decode_jpeg = None
         try:
-            data = [torch.frombuffer(bytearray(items[i].jpeg), dtype=torch.uint8) for i in jpeg_indices]
+            data = [torch.frombuffer(items[i].jpeg, dtype=torch.uint8) for i in jpeg_indices]
             decoded = decode_jpeg(data, mode=ImageReadMode.RGB, device=detector.device) if decode_jpeg else None
         except Exception:  # noqa: BLE001 - nvJPEG refused the data: decode this batch on the CPU
             log.warning("GPU JPEG decoding failed; decoding this batch on the CPU", exc_info=True)
             decoded = None
-        tensors: list[torch.Tensor | None] = [None] * len(items)
-        for position, index in enumerate(jpeg_indices):
-            item = items[index]
-            try:
-                if decoded is not None:
-                    image = decoded[position]  # [3, H, W] uint8 on the GPU
-                    letterboxed, ratio, pad = ops.letterbox_tensor(
-                        image, size, channels_last=False, dtype=detector.dtype
-                    )
-                    item.info = LetterboxInfo((int(image.shape[1]), int(image.shape[2])), ratio, pad)
-                    tensors[index] = letterboxed
-                else:
-                    rgb = codec.decode_image(item.jpeg, self.limits.max_pixels, item.where)
-                    letterboxed_np, ratio, pad = ops.letterbox(rgb, size)
+        on_gpu: list[int] = []  # items letterboxed on the GPU, in the order of ``decoded_letterboxed``
+        decoded_letterboxed = None
+        if decoded is not None:
+            on_gpu = jpeg_indices
+            decoded_letterboxed, geometries = ops.letterbox_batch_tensor(decoded, size, dtype=detector.dtype)
+            for index, image, geo in zip(on_gpu, decoded, geometries, strict=True):
+                items[index].info = LetterboxInfo((int(image.shape[1]), int(image.shape[2])), geo.ratio, geo.pad)
+        else:
+            for index in jpeg_indices:
+                item = items[index]
+                try:
+                    rgb = codec.decode_image(bytes(item.jpeg), self.limits.max_pixels, item.where)
+                    item.letterboxed, ratio, pad = ops.letterbox(rgb, size)
                     item.info = LetterboxInfo((int(rgb.shape[0]), int(rgb.shape[1])), ratio, pad)
-                    item.letterboxed = letterboxed_np
-            except Exception as error:  # noqa: BLE001 - this image's own failure
-                results[index] = error
-            item.jpeg = None
+                except Exception as error:  # noqa: BLE001 - this image's own failure
+                    results[index] = error
+        for index in jpeg_indices:
+            items[index].jpeg = None
         decode = time.perf_counter() - start
         self.metrics.stage.labels("decode").observe(decode)
         for index in jpeg_indices:  # one batched decode, shared out evenly
             items[index].timings["decode"] = decode / len(jpeg_indices)
         kept = [i for i in range(len(items)) if results[i] is None]
-        cpu_indices = [i for i in kept if tensors[i] is None]
-        if cpu_indices:
-            uploaded = self._stack([items[i].letterboxed for i in cpu_indices])
-            for position, index in enumerate(cpu_indices):
-                tensors[index] = uploaded[position]
         if not kept:
             return None, kept
-        batch = torch.stack([tensors[i].to(detector.device, detector.dtype) for i in kept])  # type: ignore[union-attr]
-        return batch.contiguous(memory_format=torch.channels_last), kept
+        on_cpu = [i for i in kept if i not in set(on_gpu)]
+        if not on_cpu:
+            return decoded_letterboxed, kept
+        uploaded = self._stack([items[i].letterboxed for i in on_cpu])
+        if decoded_letterboxed is None:
+            return uploaded.to(detector.device, detector.dtype), kept
+        inputs = torch.empty((len(kept), 3, size, size), dtype=detector.dtype, device=detector.device)
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
+        position = {index: row for row, index in enumerate(kept)}
+        inputs[torch.as_tensor([position[i] for i in on_gpu], device=detector.device)] = decoded_letterboxed
+        inputs[torch.as_tensor([position[i] for i in on_cpu], device=detector.device)] = uploaded.to(
+            detector.device, detector.dtype)
+        return inputs, kept
 
     def _stack(self, letterboxed: list[np.ndarray]) -> torch.Tensor:
         """Letterboxed ``uint8 [S, S, 3]`` images → the network input ``[N, 3, S, S]`` in [0, 1].

@@ -74,6 +74,23 @@ class _Job:
     detections: list[Any] | None = None
 
 
+def warmup_batch_sizes(accel: str, device_type: str, max_batch_size: int) -> list[int]:
+    """Batch sizes run (and on CUDA captured as graphs) before the model reports ready.
+
+    ``compile``: powers of two and the largest batch (each size is a compilation of ~10 s; other sizes
+    are padded up to the next one). ``cudagraph``: every size up to 16 (a capture takes milliseconds),
+    then the same powers of two: a larger batch run eagerly would launch hundreds of kernels, each
+    needing the GIL that the event loop holds under load (measured on an H200 at concurrency 64: 42 ms
+    per eager forward of ~8-32 images, against 4-16 ms replayed). CPU: one forward.
+    """
+    if device_type != "cuda":
+        return [1]
+    doubling = {1 << k for k in range(max_batch_size.bit_length()) if 1 << k < max_batch_size} | {max_batch_size}
+    if accel == "compile":
+        return sorted(doubling)
+    return sorted(set(range(1, min(max_batch_size, 16) + 1)) | doubling)
+
+
 class YoloV7Model(kserve.Model):
     def __init__(self, name: str, settings: PredictorSettings):
         super().__init__(name, return_response_headers=True)
@@ -119,9 +136,7 @@ class YoloV7Model(kserve.Model):
             metrics=self.metrics,
         )
         if s.warmup:
-            # On CUDA every batch size the batcher can form is captured as a graph up front.
-            sizes = list(range(1, min(s.max_batch_size, 16) + 1)) if detector.device.type == "cuda" else [1]
-            detector.warmup(sizes)
+            detector.warmup(warmup_batch_sizes(detector.accel, detector.device.type, s.max_batch_size))
         log.info(
             "model %r ready: weights %s, variant %s, device %s, precision %s, input size %d, %d classes, "
             "accel %s, max batch %d, max delay %.1f ms (loaded in %.1f s)",

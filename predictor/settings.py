@@ -92,6 +92,9 @@ OPTIONS: tuple[Option, ...] = (
            minimum=1),
     Option("warmup", _parse_bool, "run warm-up forwards before reporting ready"),
     Option("demo", _parse_bool, "serve the demo page at / (for `make dev`)"),
+    Option("request_logs", _parse_bool,
+           "log every request (uvicorn's access log, KServe's per-request timings); off: at thousands of "
+           "requests/s they cost a CPU core and flood the log (errors and /metrics are unaffected)"),
 )
 OPTIONS_BY_NAME: Mapping[str, Option] = {option.name: option for option in OPTIONS}
 
@@ -118,6 +121,7 @@ class PredictorSettings:
     max_queued_images: int = 256
     warmup: bool = True
     demo: bool = False
+    request_logs: bool = False
 
     def __post_init__(self) -> None:
         for option in OPTIONS:

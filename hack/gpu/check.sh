@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# One GPU check on a lent device machine (about 3 minutes): model forward and service end to end.
-# Run from the repository root; results land in $OUT (the device tool's folder) or /tmp/gpu-out.
+# One GPU check on a lent device machine (about 5 minutes): the CUDA tests, then the service end to end
+# (yolov7, 640, fp16, bus.jpg, REST v2 binary extension) at concurrency 1 and 64, with torch.compile +
+# CUDA graphs (the throughput setting) and with the default CUDA graphs. Results land in $OUT (the device
+# tool's folder) or /tmp/gpu-out. Run from the repository root:
 #   bash hack/gpu/check.sh
 # Needs (made by hack/gpu/prepare.sh): carry .whl (kserve and its deps for the device's Python) and
-# .cache/gpuslim (yolov7-tiny fixture checkpoint + bus.jpg; ../shared does not travel).
+# .cache/gpuslim (fixture checkpoint, images, architectures.json; ../shared does not travel).
 set -u
 export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 OUT=${OUT:-/tmp/gpu-out}; mkdir -p "$OUT"
+RESULTS=$OUT; OUT=/tmp/gpu-check; rm -rf "$OUT"; mkdir -p "$OUT"  # packed into one file at the end
+trap 'tar czf "$RESULTS/gpu-check.tgz" -C "$OUT" . && echo "results: gpu-check.tgz"' EXIT
 if [ -d .whl ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
   export PYTHONPATH=/tmp/site:$PWD
@@ -16,23 +20,46 @@ fi
 export YOLO_FIXTURES=$PWD/.cache/gpuslim
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
+nproc
 
-echo "== model forward (fp16, 640): eager / CUDA graphs / torch.compile"
-YOLO_BENCH_SKIP_CPU=1 YOLO_BENCH_CUDA_BATCHES=1,32 YOLO_BENCH_ACCELS=eager,cudagraph,compile \
-  YOLO_BENCH_COMPILE_MODE=default timeout 120 python3 -m tests.bench.model_bench --out "$OUT" > /dev/null
+echo "== CUDA tests (engine paths, graph padding, the staged GPU pipeline)"
+timeout "${YOLO_CHECK_TEST_TIMEOUT:-150}" python3 -m pytest -q -x -p no:cacheprovider -m gpu -s \
+  tests/unit/test_engine.py tests/service/test_gpu_pipeline.py > "$OUT/gpu-tests.log" 2>&1
+echo "gpu tests exit $?"; grep -E "passed|failed|error|images/s|^image|batches" "$OUT/gpu-tests.log" | tail -20
 
-echo "== service end to end (yolov7, bus.jpg, REST v2 binary extension)"
 python3 hack/gpu/random_checkpoint.py yolov7 /tmp/yolov7-init.safetensors
-YOLO_BENCH_WEIGHTS=/tmp/yolov7-init.safetensors YOLO_BENCH_DEVICE=cuda YOLO_BENCH_CONCURRENCY=1,64 \
-  YOLO_BENCH_BINARY=1 YOLO_BENCH_SERVER_ARGS="--max_batch_size 32 --max_batch_delay_ms 2" \
-  timeout 120 python3 -m tests.bench.service_bench > "$OUT/service.json" 2> "$OUT/service.err"
-echo "service bench exit $?"; tail -5 "$OUT/service.err"
-python3 - "$OUT" <<'PY'
-import json, sys, pathlib
-out = pathlib.Path(sys.argv[1])
+nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits -lms 250 > "$OUT/gpu-util.txt" &
+sampler=$!
+bench() {  # bench NAME "SERVER ARGS" TIMEOUT CONCURRENCY REQUESTS [PROFILE]
+  echo "== service: $1 ($2)"
+  YOLO_BENCH_WEIGHTS=/tmp/yolov7-init.safetensors YOLO_BENCH_DEVICE=cuda YOLO_BENCH_CONCURRENCY=$4 \
+    YOLO_BENCH_REQUESTS=$5 YOLO_BENCH_BINARY=1 YOLO_BENCH_CLIENT_PROCESSES=4 \
+    YOLO_BENCH_SERVER_ARGS="$2" YOLO_BENCH_SERVER_LOG="$OUT/server-$1.log" \
+    YOLO_BENCH_PROFILE=${6:-} YOLO_BENCH_PYSPY=/tmp/site/bin/py-spy \
+    timeout "$3" python3 -m tests.bench.service_bench > "$OUT/service-$1.json" 2> "$OUT/service-$1.err"
+  echo "exit $?"; tail -3 "$OUT/service-$1.err"
+  python3 - "$OUT/service-$1.json" <<'PY'
+import json, sys
 try:
-    for run in json.loads((out / "service.json").read_text())["runs"]:
-        print(f"service c{run['concurrency']}: {run['throughput_rps']} img/s, p50 {run['latency_ms_p50']} ms, p99 {run['latency_ms_p99']} ms")
+    data = json.load(open(sys.argv[1]))
+    for run in data["runs"]:
+        print(f"c{run['concurrency']}: {run['throughput_rps']} img/s, p50 {run['latency_ms_p50']} ms, "
+              f"p99 {run['latency_ms_p99']} ms, mean batch {run['mean_batch_size']}, forward {run['forward_ms_mean']} ms, "
+              f"decode {run['decode_ms_mean']} ms, nms {run['postprocess_ms_mean']} ms")
 except Exception as error:
     print("no service result:", error)
+PY
+  grep -iE "warn|fail|error|ready" "$OUT/server-$1.log" | grep -v "^$" | tail -5
+}
+bench compile "--accel compile --max_batch_size 32 --max_batch_delay_ms 2" 230 1,8,32,64 \
+  1:300,8:2000,32:4000,64:6000 "$OUT/profile.txt"
+python3 hack/gpu/profile_summary.py "$OUT/profile.all.txt" "$OUT/profile.gil.txt"
+bench cudagraph "--max_batch_size 32 --max_batch_delay_ms 2" 90 1,64 1:300,64:3000
+kill $sampler 2>/dev/null
+python3 - "$OUT/gpu-util.txt" <<'PY'
+import sys
+values = [int(v) for v in open(sys.argv[1]).read().split() if v.isdigit()]
+busy = [v for v in values if v > 0]
+print(f"GPU utilisation samples: {len(values)}, busy {len(busy)}, max {max(values, default=0)}%, "
+      f"mean when busy {sum(busy) / max(1, len(busy)):.0f}%")
 PY

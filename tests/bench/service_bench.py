@@ -1,7 +1,7 @@
 """Service benchmark: the real predictor end to end (REST v2, JPEG bytes in), and its overhead.
 
 Starts ``python -m predictor`` (yolov7-tiny fixture checkpoint, native 640 input, CPU unless
-``YOLO_BENCH_DEVICE`` says otherwise) and drives it with closed-loop httpx clients at concurrency 1, 8
+``YOLO_BENCH_DEVICE`` says otherwise) and drives it with closed-loop aiohttp clients at concurrency 1, 8
 and 32: throughput (requests/s = images/s) and latency p50/p99 per request.
 
 Server overhead = end-to-end latency − the model forward time, both measured in the same run: the
@@ -77,7 +77,7 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
-async def _load(url: str, *, content: bytes, headers: dict[str, str], concurrency: int, requests: int) -> dict:
+async def _client(url: str, content: bytes, headers: dict[str, str], concurrency: int, requests: int) -> dict:
     """Closed-loop load: ``concurrency`` workers each send a request, wait for it, send the next.
 
     The load generator is aiohttp, not httpx: httpx's async connection pool collapses under many
@@ -106,11 +106,40 @@ async def _load(url: str, *, content: bytes, headers: dict[str, str], concurrenc
                 timing = dict(p.strip().split(";dur=") for p in server_timing.split(","))
                 overheads.append(latencies[-1] - float(timing["forward"]) / 1000)
 
-        start = time.perf_counter()
+        started = time.time()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-        wall = time.perf_counter() - start
+        ended = time.time()
+    return {"latencies": latencies, "overheads": overheads, "started": started, "ended": ended}
+
+
+def _client_process(url: str, content: bytes, headers: dict[str, str], concurrency: int, requests: int) -> dict:
+    return asyncio.run(_client(url, content, headers, concurrency, requests))
+
+
+def _load(url: str, *, content: bytes, headers: dict[str, str], concurrency: int, requests: int,
+          processes: int = 1) -> dict:
+    """Run the closed-loop clients, split over ``processes`` client processes (one Python process cannot
+    drive a fast GPU server: at c64 with 0.5 MB bodies the client itself would be the bottleneck), and
+    summarise: throughput over the span from the first start to the last end, latency percentiles."""
+    processes = max(1, min(processes, concurrency))
+    if processes == 1:
+        parts = [asyncio.run(_client(url, content, headers, concurrency, requests))]
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        shares = [(concurrency // processes + (i < concurrency % processes),
+                   requests // processes + (i < requests % processes)) for i in range(processes)]
+        with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+            pool.submit(len, "").result()  # start the workers before the clock does
+            futures = [pool.submit(_client_process, url, content, headers, c, r) for c, r in shares]
+            parts = [future.result() for future in futures]
+    latencies = [value for part in parts for value in part["latencies"]]
+    overheads = [value for part in parts for value in part["overheads"]]
+    wall = max(part["ended"] for part in parts) - min(part["started"] for part in parts)
     return {
         "concurrency": concurrency,
+        "client_processes": processes,
         "requests": len(latencies),
         "throughput_rps": round(len(latencies) / wall, 3),
         "latency_ms_p50": round(1000 * _percentile(latencies, 50), 2),
@@ -118,6 +147,23 @@ async def _load(url: str, *, content: bytes, headers: dict[str, str], concurrenc
         "latency_ms_mean": round(1000 * statistics.fmean(latencies), 2),
         "overhead_ms_p50": round(1000 * _percentile(overheads, 50), 2),
     }
+
+
+def _profile(pid: int, out: Path, url: str, content: bytes, headers: dict[str, str], concurrency: int,
+             requests: int, processes: int) -> None:
+    """Two more loads at ``concurrency`` under py-spy (``YOLO_BENCH_PYSPY``, default ``py-spy``): all
+    samples (``OUT.all.txt``) and only those of the thread holding the GIL (``OUT.gil.txt``), raw
+    collapsed stacks per thread. Not part of the measured runs."""
+    import subprocess
+
+    spy = os.environ.get("YOLO_BENCH_PYSPY", "py-spy")
+    for kind, extra in (("all", []), ("gil", ["--gil"])):
+        target = out.with_name(f"{out.stem}.{kind}.txt")
+        record = subprocess.Popen([spy, "record", "-p", str(pid), "-r", "250", "-d", "3", "--threads", "--nonblocking",
+                                   "-f", "raw", "-o", str(target), *extra],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _load(url, content=content, headers=headers, concurrency=concurrency, requests=requests, processes=processes)
+        record.wait(timeout=60)
 
 
 def run(out_dir: Path, quick: bool) -> dict[str, Any]:
@@ -147,6 +193,11 @@ def run(out_dir: Path, quick: bool) -> dict[str, Any]:
     binary_body = header + raw
     binary_headers = {"content-type": "application/octet-stream", "inference-header-content-length": str(len(header))}
     counts = {c: max(5, 2 * c) if quick else max(40, 6 * c) for c in concurrency_levels}
+    for pair in os.environ.get("YOLO_BENCH_REQUESTS", "").split(","):  # "1:300,64:4000": enough for a GPU
+        if pair:
+            level, count = (int(part) for part in pair.split(":"))
+            counts[level] = max(level, count)
+    client_processes = int(os.environ.get("YOLO_BENCH_CLIENT_PROCESSES", "1"))
 
     result: dict[str, Any] = {
         "model": weights.name,
@@ -168,16 +219,20 @@ def run(out_dir: Path, quick: bool) -> dict[str, Any]:
             json_body, json_headers = binary_body, binary_headers
         for concurrency in concurrency_levels:
             before = _scrape(client, server.http_url)
-            stats = asyncio.run(_load(url, content=json_body, headers=json_headers, concurrency=concurrency,
-                                      requests=counts[concurrency]))
+            stats = _load(url, content=json_body, headers=json_headers, concurrency=concurrency,
+                          requests=counts[concurrency], processes=client_processes)
             stats.update(_stage_means(before, _scrape(client, server.http_url)))
             result["runs"].append(stats)
         before = _scrape(client, server.http_url)
-        binary = asyncio.run(_load(url, content=binary_body, headers=binary_headers, concurrency=1,
-                                   requests=counts[1]))
+        binary = _load(url, content=binary_body, headers=binary_headers, concurrency=1, requests=counts.get(1, 40))
         binary.update(_stage_means(before, _scrape(client, server.http_url)))
         binary["protocol"] = "REST v2 binary tensor extension"
         result["binary_c1"] = binary
+        if os.environ.get("YOLO_BENCH_PROFILE"):  # the GPU check: where the server's time goes
+            _profile(server.pid, Path(os.environ["YOLO_BENCH_PROFILE"]), url, binary_body, binary_headers,
+                     max(concurrency_levels), counts[max(concurrency_levels)], client_processes)
+        if os.environ.get("YOLO_BENCH_SERVER_LOG"):  # the GPU check keeps the server's log
+            Path(os.environ["YOLO_BENCH_SERVER_LOG"]).write_text(server.log_text())
 
     c1 = result["runs"][0]
     forward = c1["forward_ms_mean"]

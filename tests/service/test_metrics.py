@@ -3,7 +3,12 @@ latencies, request and error counters."""
 
 from __future__ import annotations
 
+import time
+
+import httpx
+
 from tests.service.helpers import b64, scrape, v2_request
+from tests.tools.predictor_server import predictor_server
 
 STAGES = ("decode", "preprocess", "forward", "postprocess")
 
@@ -51,3 +56,23 @@ def test_server_timing_header(http, server, images):
     assert all(float(value) > 0 for value in timing.values()), timing
     v1 = http.post(server.predict_url, json={"instances": [b64(images["bus"])]})
     assert "forward;dur=" in v1.headers["server-timing"]
+
+
+def _request_lines(log: str) -> list[str]:
+    return [line for line in log.splitlines() if "/v2/models/" in line and "/infer" in line]
+
+
+def test_request_logs_are_off_by_default_and_on_when_asked(http, server, images, tiny_weights):
+    http.post(server.infer_url, json=v2_request(images["bus"])).raise_for_status()
+    time.sleep(0.2)  # the log is flushed by the server process
+    assert "ready" in server.log_text() and _request_lines(server.log_text()) == []
+
+    with predictor_server(tiny_weights, extra_args=["--input_size", "64", "--request_logs"]) as logging_server, \
+            httpx.Client(timeout=60) as client:
+        for _ in range(2):
+            client.post(logging_server.infer_url, json=v2_request(images["bus"])).raise_for_status()
+        deadline = time.monotonic() + 10
+        while len(_request_lines(logging_server.log_text())) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        lines = _request_lines(logging_server.log_text())
+    assert len(lines) >= 2 and any("200" in line for line in lines), logging_server.log_tail()

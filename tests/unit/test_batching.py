@@ -163,6 +163,65 @@ async def test_no_wait_when_nothing_else_is_on_its_way():
     assert recorder.batches == [["alone"], ["a", "b"]]
 
 
+async def test_stages_overlap_batches_and_keep_results_apart():
+    """With load → forward → post stages, batch k+1 is formed, loaded and run while batch k is in its
+    post stage, and batch k+2 waits until k+1 reaches post; each stage runs in a thread of its own."""
+    log: list[tuple[str, tuple[str, ...]]] = []
+    threads: dict[str, set[str]] = {"load": set(), "forward": set(), "post": set()}
+    post_gate = threading.Event()
+
+    def stage(name, gate=None):
+        def run(value):
+            threads[name].add(threading.current_thread().name)
+            items = tuple(value if name == "load" else value["items"])
+            log.append((f"{name} start", items))
+            if gate is not None:
+                gate.wait(5)
+            log.append((f"{name} end", items))
+            if name == "post":
+                return [("done", item) for item in items]
+            return {"items": items}
+        return run
+
+    batcher = DynamicBatcher([stage("load"), stage("forward"), stage("post", post_gate)],
+                             max_batch_size=2, max_delay_s=0.0, name="pipe")
+    try:
+        first = asyncio.ensure_future(batcher.submit(["a", "b"]))
+        await _until(lambda: ("post start", ("a", "b")) in log)
+        second = asyncio.ensure_future(batcher.submit(["c", "d"]))
+        await _until(lambda: ("forward end", ("c", "d")) in log)  # loaded and run while a, b are in post
+        third = asyncio.ensure_future(batcher.submit(["e"]))
+        await asyncio.sleep(0.05)
+        assert ("load start", ("e",)) not in log  # not formed while c, d have not reached post
+        post_gate.set()
+        results = await asyncio.gather(first, second, third)
+    finally:
+        await batcher.close()
+    assert results == [[("done", "a"), ("done", "b")], [("done", "c"), ("done", "d")], [("done", "e")]]
+    assert log.index(("forward end", ("c", "d"))) < log.index(("post end", ("a", "b")))
+    assert all(len(names) == 1 for names in threads.values())
+    assert len(set().union(*threads.values())) == 3
+    assert batcher.batches == 3 and batcher.items == 5
+
+
+async def test_a_failing_middle_stage_fails_its_batch_only():
+    def forward(items):
+        if "bad" in items:
+            raise ValueError("forward failed")
+        return items
+
+    batcher = DynamicBatcher([list, forward, lambda items: [item.upper() for item in items]],
+                             max_batch_size=1, max_delay_s=0.0)
+    try:
+        outcomes = await asyncio.gather(batcher.submit(["bad"]), batcher.submit(["good"]), return_exceptions=True)
+        assert isinstance(outcomes[0], ValueError) and outcomes[1] == ["GOOD"]
+        assert await batcher.submit(["after"]) == ["AFTER"]
+    finally:
+        await batcher.close()
+    with pytest.raises(ValueError, match="non-empty sequence of callables"):
+        DynamicBatcher([], max_batch_size=1, max_delay_s=0)
+
+
 # ----- Admission --------------------------------------------------------------------------------------
 def test_admission_acquire_and_release():
     seen: list[int] = []
@@ -275,3 +334,15 @@ async def test_service_admission_refuses_releases_on_success_failure_and_cancel(
     response, _ = await model(_v1(3), headers={})
     assert response == {"images": 3}
     assert model.admission.in_flight == 0 and gauge._value.get() == 0
+
+
+def test_warmup_batch_sizes_per_acceleration():
+    from predictor.service import warmup_batch_sizes
+
+    assert warmup_batch_sizes("eager", "cpu", 32) == [1]
+    assert warmup_batch_sizes("cudagraph", "cuda", 8) == list(range(1, 9))
+    assert warmup_batch_sizes("cudagraph", "cuda", 64) == [*range(1, 17), 32, 64]
+    assert warmup_batch_sizes("cudagraph", "cuda", 24) == [*range(1, 17), 24]
+    assert warmup_batch_sizes("compile", "cuda", 32) == [1, 2, 4, 8, 16, 32]
+    assert warmup_batch_sizes("compile", "cuda", 24) == [1, 2, 4, 8, 16, 24]
+    assert warmup_batch_sizes("compile", "cuda", 1) == [1]

@@ -368,3 +368,20 @@ def test_cuda_detect_end_to_end(yolo_fixtures: Path):
         (alone,) = det.detect([img], conf=0.25)
         assert abs(len(alone) - len(d)) <= 2 + 0.05 * len(d)
         assert (d.boxes[:, [0, 2]] <= img.shape[1]).all() and (d.boxes[:, [1, 3]] <= img.shape[0]).all()
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("accel", ["cudagraph", "compile"])
+def test_batches_without_their_own_graph_are_padded_into_a_larger_one(yolo_fixtures: Path, accel):
+    det = Detector.from_weights(yolo_fixtures / "yolov7-tiny-random.pt", device="cuda", accel=accel,
+                                input_size=320, graph_max_batch=2)
+    det.warmup((1, 4))  # explicit sizes are captured whatever graph_max_batch says
+    assert sorted(shape[0] for shape in det._graphs) == [1, 4]
+    x = torch.rand(4, 3, 320, 320, device="cuda", dtype=torch.float16)
+    full = det.forward(x)
+    three = det.forward(x[:3])  # no graph of 3 (above graph_max_batch): padded into the graph of 4
+    assert sorted(shape[0] for shape in det._graphs) == [1, 4] and three.shape[0] == 3
+    torch.testing.assert_close(three, full[:3])
+    assert det.forward(torch.rand(5, 3, 320, 320, device="cuda")).shape[0] == 5  # larger than all: no graph
+    assert sorted(shape[0] for shape in det._graphs) == [1, 4] and not det._graph_failed

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torchvision
 
 from predictor import ops
 
@@ -245,3 +246,54 @@ def test_nms_rejects_bad_shape():
         ops.non_max_suppression(torch.zeros(10, 85))
     with pytest.raises(ValueError, match="5 \\+ num_classes"):
         ops.non_max_suppression(torch.zeros(1, 10, 5))
+
+
+def _reference_nms(pred, conf, iou, *, agnostic, max_det, max_candidates):
+    """Image by image, as written in the YOLOv7 paper's pipeline: candidates, top scores, NMS, max_det."""
+    out = []
+    for image in pred:
+        score, cls = (image[:, 5:] * image[:, 4:5]).max(dim=1)
+        keep = (image[:, 4] > conf) & (score > conf)
+        boxes = ops.xywh_to_xyxy(image[keep, :4])
+        det = torch.cat((boxes, score[keep, None], cls[keep, None].float()), dim=1)
+        det = det[det[:, 4].argsort(descending=True)[:max_candidates]]
+        groups = torch.zeros_like(det[:, 5]) if agnostic else det[:, 5]
+        kept = torchvision.ops.batched_nms(det[:, :4].double(), det[:, 4].double(), groups.long(), iou)
+        out.append(det[kept[:max_det]])
+    return out
+
+
+@pytest.mark.parametrize("agnostic", [False, True])
+@pytest.mark.parametrize(("max_det", "max_candidates"), [(300, 30000), (7, 30000), (300, 25), (4, 9)])
+def test_nms_whole_batch_equals_image_by_image(agnostic, max_det, max_candidates):
+    generator = torch.Generator().manual_seed(7)
+    n, rows, nc = 5, 400, 6
+    pred = torch.rand((n, rows, 5 + nc), generator=generator)
+    pred[..., :2] *= 320  # centres
+    pred[..., 2:4] = pred[..., 2:4] * 60 + 2  # sizes: many overlaps
+    pred[..., 4] = pred[..., 4] * (torch.arange(n)[:, None] + 1) / n  # images with few to many candidates
+    pred[2, :, 4] = 0.0  # an image without candidates
+    ours = ops.non_max_suppression(pred, 0.25, 0.45, agnostic=agnostic, max_det=max_det,
+                                   max_candidates=max_candidates)
+    expected = _reference_nms(pred, 0.25, 0.45, agnostic=agnostic, max_det=max_det,
+                              max_candidates=max_candidates)
+    assert [d.shape[0] for d in ours] == [d.shape[0] for d in expected]
+    assert ours[2].shape == (0, 6) and sum(d.shape[0] for d in ours) > 3 * min(max_det, 3)
+    for got, want in zip(ours, expected, strict=True):
+        torch.testing.assert_close(got, want)
+
+
+def test_letterbox_batch_tensor_equals_letterbox_tensor_per_image():
+    generator = torch.Generator().manual_seed(3)
+    shapes = [(480, 640), (810, 1080), (480, 640), (640, 640), (100, 37), (810, 1080)]
+    images = [torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=generator) for h, w in shapes]
+    batch, geometries = ops.letterbox_batch_tensor(images, 320, dtype=torch.float32)
+    assert batch.shape == (6, 3, 320, 320) and batch.is_contiguous(memory_format=torch.channels_last)
+    for image, row, geo in zip(images, batch, geometries, strict=True):
+        alone, ratio, pad = ops.letterbox_tensor(image, 320, channels_last=False, dtype=torch.float32)
+        assert torch.equal(row, alone)
+        assert (geo.ratio, geo.pad) == (ratio, pad)
+    with pytest.raises(ValueError, match="image 1 must be a uint8 tensor"):
+        ops.letterbox_batch_tensor([images[0], images[0][0]], 320, dtype=torch.float32)
+    with pytest.raises(ValueError, match="floating dtype"):
+        ops.letterbox_batch_tensor(images, 320, dtype=torch.uint8)
