@@ -99,6 +99,13 @@ LABEL org.opencontainers.image.title="yolo-v7" \
       org.opencontainers.image.vendor="yolo-v7" \
       io.yolo-v7.weights="${WEIGHTS}"
 
+# A C compiler for --accel compile (YoloDetector batching.acceleration: compile): Triton builds its kernel
+# launchers with it at start-up. Versions follow the pinned base image's Debian release.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/*
+
 COPY --from=predictor-build /opt/yolo-v7/venv /opt/yolo-v7/venv
 COPY --from=weights /out/ /opt/yolo-v7/weights/
 

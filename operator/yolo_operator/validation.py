@@ -196,6 +196,10 @@ def validate(
             problems.append(Problem(f"resources.{key}", f"is not a Kubernetes quantity (got {resources.get(key)!r})"))
     if spec["precision"] == "fp16" and isinstance(gpus, int) and gpus == 0:
         problems.append(Problem("precision", "fp16 needs a GPU: set resources.gpu >= 1, or precision auto/fp32"))
+    acceleration = spec["batching"].get("acceleration")
+    if acceleration in ("cudagraph", "compile") and isinstance(gpus, int) and gpus == 0:
+        problems.append(Problem("batching.acceleration", f"{acceleration} needs a GPU: set resources.gpu >= 1, "
+                                                         "or acceleration auto/eager"))
 
     # --- replicas, autoscaling, rollout ---
     low, high = spec["replicas"].get("min"), spec["replicas"].get("max")

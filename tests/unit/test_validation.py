@@ -151,7 +151,13 @@ def test_knative_metrics_outside_serverless_are_a_warning():
 
 
 def test_summary_names_each_problem():
-    problems = validate("dets", {"replicas": {"min": 2, "max": 1}, "precision": "fp16"})
+    problems = validate("dets", {"replicas": {"min": 2, "max": 1}, "precision": "fp16",
+                                 "batching": {"acceleration": "compile"}})
     text = validation.summary(validation.errors(problems))
     assert "replicas: min (2) must be <= max (1)" in text
     assert "precision: fp16 needs a GPU" in text
+    assert "batching.acceleration: compile needs a GPU" in text
+    gpu = {"resources": {"gpu": 1}}
+    for acceleration in ("auto", "eager", "cudagraph", "compile"):
+        assert not validation.errors(validate("dets", {**gpu, "batching": {"acceleration": acceleration}}))
+    assert not validation.errors(validate("dets", {"batching": {"acceleration": "eager"}}))
