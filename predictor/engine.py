@@ -332,26 +332,14 @@ class Detector:
             raise ValueError(f"{raw.shape[0]} outputs but {len(infos)} LetterboxInfo")
         det, image = ops.non_max_suppression_flat(raw, conf, iou, classes=classes, agnostic=agnostic,
                                                   max_det=max_det)
-        host = torch.cat((det, image[:, None].to(det.dtype)), dim=1).cpu().numpy()  # one device → host copy
-        image = host[:, 6].astype(np.int64)
-        counts = np.bincount(image, minlength=len(infos))
-        # Boxes back to each original image, all rows at once, with the official per-image arithmetic of
-        # ops.scale_boxes (gain and pad recomputed from the shapes, float32 like the tensors there).
-        s = self.input_size
-        originals = np.array([info.original_shape for info in infos], dtype=np.float64).reshape(-1, 2)
-        gain = np.minimum(s / originals[:, 0], s / originals[:, 1])
-        pad_w, pad_h = (s - originals[:, 1] * gain) / 2, (s - originals[:, 0] * gain) / 2
-        per_row = lambda values: values.astype(np.float32)[image]  # noqa: E731
-        boxes = host[:, :4].copy()
-        boxes[:, 0::2] -= per_row(pad_w)[:, None]
-        boxes[:, 1::2] -= per_row(pad_h)[:, None]
-        boxes /= per_row(gain)[:, None]
-        np.clip(boxes[:, 0::2], 0, per_row(originals[:, 1])[:, None], out=boxes[:, 0::2])
-        np.clip(boxes[:, 1::2], 0, per_row(originals[:, 0])[:, None], out=boxes[:, 1::2])
-        scores, classes = host[:, 4], host[:, 5].astype(np.int64)
+        host = torch.cat((det, image[:, None].to(det.dtype)), dim=1).cpu()  # one device → host copy
+        image = host[:, 6].long()
+        originals = torch.tensor([info.original_shape for info in infos], dtype=torch.long).reshape(-1, 2)
+        boxes = ops.scale_boxes(host[:, :4], (self.input_size, self.input_size), originals[image]).numpy()
+        scores, classes = host[:, 4].numpy(), host[:, 5].long().numpy()
         out = []
         start = 0
-        for count in counts.tolist():
+        for count in torch.bincount(image, minlength=len(infos)).tolist():
             end = start + count
             out.append(Detections(boxes=boxes[start:end], scores=scores[start:end].copy(), classes=classes[start:end]))
             start = end

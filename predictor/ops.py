@@ -183,11 +183,7 @@ def letterbox_tensor(
     c, h, w = chw.shape
     geo = letterbox_geometry((h, w), new_shape, auto=auto, stride=stride, scaleup=scaleup)
     new_h, new_w = geo.resized
-    x = chw.float()
-    if (h, w) != (new_h, new_w):
-        x = torch.nn.functional.interpolate(
-            x[None], size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=False
-        )[0]
+    x = _resize_bilinear(chw.float()[None], (new_h, new_w))[0]
     if dtype == torch.uint8:
         x = x.round_().clamp_(0, 255)
         scale = 1.0
@@ -202,6 +198,14 @@ def letterbox_tensor(
     top, _, left, _ = geo.borders
     out[:, top : top + new_h, left : left + new_w] = x.to(dtype)
     return out, geo.ratio, geo.pad
+
+
+def _resize_bilinear(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``[N, C, H, W]`` float → ``[N, C, *size]`` (bilinear, half-pixel centres, no antialiasing: the GPU
+    letterbox's resize); returned as is when it already has that size."""
+    if tuple(x.shape[2:]) == tuple(size):
+        return x
+    return torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=False)
 
 
 def letterbox_batch_tensor(
@@ -246,11 +250,7 @@ def letterbox_batch_tensor(
         geo = geometries[indices[0]]
         new_h, new_w = geo.resized
         top, _, left, _ = geo.borders
-        x = torch.stack([images[i] for i in indices]).float()
-        if tuple(x.shape[2:]) != (new_h, new_w):
-            x = torch.nn.functional.interpolate(
-                x, size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=False
-            )
+        x = _resize_bilinear(torch.stack([images[i] for i in indices]).float(), (new_h, new_w))
         x = x.mul_(1.0 / 255.0).to(dtype)
         if len(indices) == len(images):
             batch[:, :, top : top + new_h, left : left + new_w] = x
@@ -271,8 +271,16 @@ def xywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
     return torch.cat((xy - wh, xy + wh), dim=-1)
 
 
-def clip_boxes(boxes: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
-    """Clip xyxy ``boxes [..., 4]`` in place to an image of ``shape`` = (h, w); returns ``boxes``."""
+def clip_boxes(boxes: torch.Tensor, shape: Sequence[int] | torch.Tensor) -> torch.Tensor:
+    """Clip xyxy ``boxes [..., 4]`` in place to an image of ``shape`` = (h, w); returns ``boxes``.
+
+    ``shape`` may also be a ``[K, 2]`` tensor holding each row's own (h, w), for ``boxes [K, 4]`` of
+    several images at once."""
+    if _per_row(shape):
+        limits = shape.to(boxes.dtype)  # type: ignore[union-attr]
+        for column, limit in ((0, 1), (1, 0), (2, 1), (3, 0)):
+            boxes[:, column].clamp_(min=0).clamp_(max=limits[:, limit])
+        return boxes
     h, w = int(shape[0]), int(shape[1])
     boxes[..., 0].clamp_(0, w)
     boxes[..., 1].clamp_(0, h)
@@ -281,10 +289,14 @@ def clip_boxes(boxes: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     return boxes
 
 
+def _per_row(shape: Sequence[int] | torch.Tensor) -> bool:
+    return isinstance(shape, torch.Tensor) and shape.ndim == 2
+
+
 def scale_boxes(
     boxes: torch.Tensor,
     input_shape: Sequence[int],
-    original_shape: Sequence[int],
+    original_shape: Sequence[int] | torch.Tensor,
     ratio_pad: tuple[Sequence[float], Sequence[float]] | None = None,
 ) -> torch.Tensor:
     """Map xyxy boxes from the letterboxed input back to the original image, clipped.
@@ -292,7 +304,8 @@ def scale_boxes(
     Args:
         boxes: ``[K, 4]`` xyxy in letterboxed pixels (not modified).
         input_shape: (h, w) of the letterboxed network input.
-        original_shape: (h0, w0) of the original image.
+        original_shape: (h0, w0) of the original image; or a ``[K, 2]`` tensor with each row's own
+            (h0, w0), to map the boxes of a whole batch at once (then without ``ratio_pad``).
         ratio_pad: ``((ratio_w, ratio_h), (pad_w, pad_h))`` as returned by :func:`letterbox`; when
             ``None`` they are recomputed (official): gain = min(h/h0, w/w0),
             pad = ((w − w0·gain)/2, (h − h0·gain)/2).
@@ -300,19 +313,27 @@ def scale_boxes(
     Returns:
         ``[K, 4]`` xyxy in original pixels, clipped to (h0, w0); a new tensor.
     """
-    h0, w0 = int(original_shape[0]), int(original_shape[1])
+    rows = _per_row(original_shape)
+    if rows and ratio_pad is not None:
+        raise ValueError("ratio_pad describes one image; give per-row original shapes without it")
+    out = boxes[..., :4].clone()
     if ratio_pad is None:
-        gain = min(input_shape[0] / h0, input_shape[1] / w0)
-        gx = gy = gain
+        # float64 arithmetic, as Python's on one image; per row it becomes a column of the boxes' dtype
+        shapes = original_shape if rows else torch.tensor([[int(original_shape[0]), int(original_shape[1])]])
+        h0, w0 = shapes.to(torch.float64).unbind(1)  # type: ignore[union-attr]
+        gain = torch.minimum(input_shape[0] / h0, input_shape[1] / w0)
         pad_w, pad_h = (input_shape[1] - w0 * gain) / 2, (input_shape[0] - h0 * gain) / 2
+        values = (pad_w, pad_h, gain, gain)
+        pad_w, pad_h, gx, gy = (v.to(out.dtype)[:, None] if rows else v.item() for v in values)
     else:
         (gx, gy), (pad_w, pad_h) = ratio_pad
-    out = boxes[..., :4].clone()
     out[..., 0::2] -= pad_w
     out[..., 1::2] -= pad_h
     out[..., 0::2] /= gx
     out[..., 1::2] /= gy
-    return clip_boxes(out, (h0, w0))
+    if rows:
+        return clip_boxes(out, original_shape)  # type: ignore[arg-type]
+    return clip_boxes(out, (int(original_shape[0]), int(original_shape[1])))
 
 
 # --------------------------------------------------------------------------------------------------

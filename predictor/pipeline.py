@@ -9,9 +9,10 @@
 
 Decoding and letterboxing run in a thread pool (OpenCV releases the GIL), never on the event loop. On
 CUDA each batch stage runs in a thread and on a CUDA stream of its own, so batch ``k + 1`` is loaded
-and run while batch ``k``'s NMS runs (see :mod:`predictor.batching`); on the CPU, where the forward takes every core, the three run in turn in
-one worker thread. The full-size decoded image is dropped as soon as it is letterboxed, so
-memory per in-flight image is bounded by the network input, not by the upload.
+and run while batch ``k``'s NMS runs (see :mod:`predictor.batching`); on the CPU, where the forward
+takes every core, the three run in turn in one worker thread. The full-size decoded image is dropped as
+soon as it is letterboxed, so memory per in-flight image is bounded by the network input, not by the
+upload.
 
 On CUDA, JPEGs are decoded on the GPU in batches (``torchvision.io.decode_jpeg(device="cuda")``) and
 letterboxed there (:func:`predictor.ops.letterbox_batch_tensor`); any failure falls back to the CPU path.
@@ -289,7 +290,8 @@ class DetectionPipeline:
         kept = [i for i in range(len(items)) if results[i] is None]
         if not kept:
             return None, kept
-        on_cpu = [i for i in kept if i not in set(on_gpu)]
+        letterboxed_on_gpu = set(on_gpu)
+        on_cpu = [i for i in kept if i not in letterboxed_on_gpu]
         if not on_cpu:
             return decoded_letterboxed, kept
         uploaded = self._stack([items[i].letterboxed for i in on_cpu])

@@ -297,3 +297,17 @@ def test_letterbox_batch_tensor_equals_letterbox_tensor_per_image():
         ops.letterbox_batch_tensor([images[0], images[0][0]], 320, dtype=torch.float32)
     with pytest.raises(ValueError, match="floating dtype"):
         ops.letterbox_batch_tensor(images, 320, dtype=torch.uint8)
+
+
+def test_scale_boxes_per_row_shapes_equal_image_by_image():
+    generator = torch.Generator().manual_seed(11)
+    originals = [(1080, 810), (720, 1280), (640, 640), (37, 100)]
+    boxes = torch.rand((12, 4), generator=generator) * 700 - 30  # some outside the image: clipped
+    rows = torch.tensor([0, 0, 1, 1, 1, 2, 3, 3, 3, 3, 1, 0])
+    together = ops.scale_boxes(boxes, (640, 640), torch.tensor(originals)[rows])
+    for k, image in enumerate(rows.tolist()):
+        alone = ops.scale_boxes(boxes[k : k + 1], (640, 640), originals[image])
+        assert torch.equal(together[k : k + 1], alone)
+    assert ops.scale_boxes(boxes[:0], (640, 640), torch.zeros((0, 2), dtype=torch.long)).shape == (0, 4)
+    with pytest.raises(ValueError, match="ratio_pad describes one image"):
+        ops.scale_boxes(boxes, (640, 640), torch.tensor(originals)[rows], ((1.0, 1.0), (0.0, 0.0)))
