@@ -122,7 +122,7 @@ def resolve_classes(value: Any, names: Sequence[str], source: str = "parameter '
         elif isinstance(item, str):
             index = lookup.get(item.strip(), folded.get(item.strip().lower()))
             if index is None:
-                raise RequestError(f"{source}: unknown class name {item:.100!r} (see the model metadata for the "
+                raise RequestError(f"{source}: unknown class name {item[:100]!r} (see the model metadata for the "
                                    "class names)", "parameter")
             ids.add(index)
         else:

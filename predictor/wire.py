@@ -17,6 +17,7 @@ import base64
 import binascii
 import re
 import struct
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +31,7 @@ __all__ = [
     "ImageSource",
     "Limits",
     "V2_OUTPUTS",
+    "gunzip",
     "infer_request_from_binary",
     "parse_v1",
     "parse_v2",
@@ -210,6 +212,22 @@ def _deserialize_bytes(raw: bytes, name: str, count: int) -> list[bytes]:
         items.append(bytes(view[offset : offset + length]))
         offset += length
     return items
+
+
+def gunzip(body: bytes, limit: int) -> bytes:
+    """A gzip body → its content, refused (413) as soon as it would grow over ``limit`` bytes."""
+    inflater = zlib.decompressobj(wbits=31)
+    try:
+        content = inflater.decompress(body, limit + 1)
+    except zlib.error as error:
+        raise RequestError(f"Content-Encoding gzip: the body is not valid gzip data ({error})", "content_encoding") \
+            from None
+    if len(content) > limit or inflater.unconsumed_tail:
+        raise PayloadTooLarge(f"the gzip request body decodes to more than {limit} bytes (--max_request_bytes)")
+    if not inflater.eof or inflater.unused_data:
+        raise RequestError("Content-Encoding gzip: the body is truncated or has data after its gzip stream",
+                           "content_encoding")
+    return content
 
 
 def parse_v1(body: Any, limits: Limits) -> tuple[list[ImageSource], Mapping[str, Any]]:

@@ -46,7 +46,10 @@ def _found(reference, candidate, min_score: float = 0.2, min_iou: float = 0.7) -
 def test_gpu_pipeline(tiny_weights, images):
     from prometheus_client import CollectorRegistry
 
-    from predictor.codec import DetectParams, Limits, RequestError, decode_image
+    from predictor.errors import RequestError
+    from predictor.images import decode_image
+    from predictor.params import DetectParams
+    from predictor.wire import Limits
     from predictor.engine import Detector
     from predictor.metrics import service_metrics
     from predictor.pipeline import DetectionPipeline
@@ -143,7 +146,8 @@ def test_tensor_decode_path_on_the_cpu(tiny_weights, images):
     sizes, order, a PNG mixed in, and an undecodable JPEG failing alone."""
     from prometheus_client import CollectorRegistry
 
-    from predictor.codec import DetectParams, Limits
+    from predictor.params import DetectParams
+    from predictor.wire import Limits
     from predictor.engine import Detector
     from predictor.metrics import service_metrics
     from predictor.pipeline import DetectionPipeline
