@@ -40,3 +40,42 @@ def test_resolve_params_overrides_and_defaults():
 def test_resolve_params_errors(raw, message):
     with pytest.raises(RequestError, match=message):
         resolve_params(raw, DEFAULTS, NAMES)
+
+
+# ----- issue 12.3: gRPC parameters we cannot read are errors, never the default ----------------------
+def _grpc_parameter(raw: bytes):
+    from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+
+    parameter = pb.InferParameter()
+    parameter.MergeFromString(raw)
+    return parameter
+
+
+def test_grpc_parameters_read_tritons_double_and_uint64_fields():
+    """tritonclient sends floats as ``double_param`` (field 4), which KServe's proto lacks: it arrived empty
+    and the default threshold was used (confidence=0.9 gave the default's 139 detections)."""
+    import struct
+
+    from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+
+    from predictor.params import grpc_parameters
+
+    double = _grpc_parameter(b"\x21" + struct.pack("<d", 0.9))  # field 4, wire type 1 (64-bit)
+    uint64 = _grpc_parameter(b"\x28\x07")  # field 5, varint 7
+    assert double.WhichOneof("parameter_choice") is None  # what KServe's proto sees
+    raw = grpc_parameters({"confidence": double, "max_detections": uint64, "iou": pb.InferParameter(string_param="0.3"),
+                           "agnostic": pb.InferParameter(bool_param=True)})
+    assert raw == {"confidence": 0.9, "max_detections": 7, "iou": "0.3", "agnostic": True}
+    assert resolve_params(raw, DEFAULTS, NAMES) == DetectParams(conf=0.9, iou=0.3, max_det=7, agnostic=True)
+    with pytest.raises(RequestError, match=r"'confidence' must be in \[0, 1\], got 1.5"):
+        resolve_params(grpc_parameters({"confidence": _grpc_parameter(b"\x21" + struct.pack("<d", 1.5))}),
+                       DEFAULTS, NAMES)
+
+
+@pytest.mark.parametrize("raw", [b"", b"\x35\0\0\0\0", b"\x4a\x01x"])
+def test_grpc_parameter_without_a_readable_value_is_an_error(raw):
+    from predictor.params import grpc_parameters
+
+    with pytest.raises(RequestError, match="parameter 'confidence' has no value this server can read"):
+        grpc_parameters({"confidence": _grpc_parameter(raw)})
+    assert grpc_parameters({"someone_elses": _grpc_parameter(raw)}) == {}

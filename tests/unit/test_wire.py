@@ -130,3 +130,66 @@ def test_v1_response_layout():
             {"image_size": [30, 40], "detections": []},
         ]
     }
+
+
+# ----- issue 12.8: base64 variants, v1 bodies of any content type, gzip, requested outputs ------------
+def test_base64_variants_are_accepted():
+    data = bytes(range(256)) * 3  # every byte value: '+' and '/' in standard base64
+    standard = base64.b64encode(data).decode()
+    variants = {
+        "url-safe": base64.urlsafe_b64encode(data).decode(),
+        "MIME (76-char lines)": base64.encodebytes(data).decode().replace("\n", "\r\n"),
+        "unpadded": base64.b64encode(data[:-1]).decode().rstrip("="),
+        "data URL": "data:image/png;base64," + standard,
+    }
+    assert "-" in variants["url-safe"] and "\r\n" in variants["MIME (76-char lines)"]
+    for name, text in variants.items():
+        expected = data[:-1] if name == "unpadded" else data
+        assert wire.parse_v1({"instances": [text]}, LIMITS)[0] == [expected], name
+    with pytest.raises(RequestError, match=r"invalid base64 \(character '\*' at position 0\)"):
+        wire.parse_v1({"instances": ["*abc"]}, LIMITS)
+    with pytest.raises(RequestError, match="not a whole number of bytes"):
+        wire.parse_v1({"instances": ["abcde"]}, LIMITS)
+
+
+def test_parse_v1_reads_a_json_body_of_any_content_type():
+    """KServe hands a non-JSON content type (text/plain) to the model as bytes: v1 refused it, v2 did not."""
+    text = base64.b64encode(encode(".png", gradient(8, 8))).decode()
+    sources, parameters = wire.parse_v1(b'{"instances": ["' + text.encode() + b'"], "parameters": {"iou": 0.5}}',
+                                        LIMITS)
+    assert len(sources) == 1 and parameters == {"iou": 0.5}
+    with pytest.raises(RequestError, match="the v1 request body is not valid JSON"):
+        wire.parse_v1(b"\x1f\x8b\x08 gzip bytes", LIMITS)
+
+
+def test_gunzip_is_bounded_by_the_limit():
+    import gzip
+
+    body = b'{"instances": []}'
+    assert wire.gunzip(gzip.compress(body), 1000) == body
+    with pytest.raises(PayloadTooLarge, match="decodes to more than 1000 bytes"):
+        wire.gunzip(gzip.compress(bytes(10_000_000)), 1000)  # 10 kB that inflates to 10 MB
+    with pytest.raises(RequestError, match="not valid gzip data"):
+        wire.gunzip(b"not gzip at all", 1000)
+    with pytest.raises(RequestError, match="truncated"):
+        wire.gunzip(gzip.compress(body)[:-6], 1000)
+
+
+def test_requested_outputs_are_checked_and_kept():
+    """Issue 12.8: gRPC answered every output whatever the request named."""
+    from kserve.protocol.infer_type import RequestedOutput
+
+    request = _v2("BYTES", [1], ["aGk="])
+    assert wire.requested_outputs(request) == [name for name, _, _ in wire.V2_OUTPUTS]
+    request.request_outputs = [RequestedOutput(name="num_detections"), RequestedOutput(name="image_sizes")]
+    assert wire.requested_outputs(request) == ["num_detections", "image_sizes"]
+    request.request_outputs = [RequestedOutput(name="masks")]
+    with pytest.raises(RequestError, match="unknown output 'masks'"):
+        wire.requested_outputs(request)
+
+
+def test_deeply_nested_data_is_flattened_without_recursion():
+    nested: list = ["aGk="]
+    for _ in range(100_000):
+        nested = [nested]
+    assert wire.parse_v2(_v2("BYTES", [1], nested), LIMITS) == [b"hi"]  # no RecursionError
