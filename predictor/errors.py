@@ -156,9 +156,17 @@ def _client_errors() -> tuple[type[BaseException], ...]:
 
 class OneLineClientErrors(logging.Filter):
     """On KServe's logger: a record about a client error (KServe's or ours) keeps one line, without the
-    traceback; records about anything else (our bugs) are left whole."""
+    traceback; records about anything else (our bugs) are left whole. Without request logs
+    (``--request_logs`` off), KServe's per-call ``grpc method: ...`` line goes too, as uvicorn's access
+    log does for REST."""
+
+    def __init__(self, request_logs: bool = False):
+        super().__init__()
+        self.request_logs = request_logs
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if not self.request_logs and record.levelno <= logging.INFO and str(record.msg).startswith("grpc method:"):
+            return False
         exc = record.exc_info[1] if record.exc_info else None
         if exc is None or not isinstance(exc, _client_errors()):
             return True
@@ -215,7 +223,7 @@ async def validation_error_handler(request: Any, exc: Any) -> Any:
                           headers=request.headers)
 
 
-def install_handlers(app: Any) -> None:
+def install_handlers(app: Any, *, request_logs: bool = False) -> None:
     """Register the REST handlers above on ``app`` and the one-line filter on KServe's logger."""
     from fastapi.exceptions import RequestValidationError
     from kserve.logging import logger as kserve_logger
@@ -224,5 +232,6 @@ def install_handlers(app: Any) -> None:
     app.add_exception_handler(ServiceError, service_error_handler)
     app.add_exception_handler(HTTPException, http_exception_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
-    if not any(isinstance(f, OneLineClientErrors) for f in kserve_logger.filters):
-        kserve_logger.addFilter(OneLineClientErrors())
+    for old in [f for f in kserve_logger.filters if isinstance(f, OneLineClientErrors)]:
+        kserve_logger.removeFilter(old)
+    kserve_logger.addFilter(OneLineClientErrors(request_logs))

@@ -166,7 +166,8 @@ def install(app: FastAPI, server: Any, *, model: Any, max_request_bytes: int, de
             metrics.errors.labels(protocol, code).inc()
 
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_request_bytes, on_reject=on_reject)
-    install_handlers(app)
+    settings = getattr(model, "settings", None)
+    install_handlers(app, request_logs=bool(getattr(settings, "request_logs", False)))
 
     dataplane = server.dataplane
 
