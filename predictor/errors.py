@@ -20,12 +20,17 @@ Log policy: **one line per rejected request**, ``rejected request <id> (<protoco
 client error they answer (model not found, its JSON decoding, ...): :class:`OneLineClientErrors` keeps
 their line and drops the traceback. Tracebacks are written only for exceptions that are none of these,
 i.e. for our own bugs. Refusals for overload are counted (``yolo_request_errors_total{code="overloaded"}``)
-and not logged: an overloaded server should not spend its time writing logs.
+and not logged: an overloaded server should not spend its time writing logs. The C libraries that
+decode images write their own line to the process's stderr for every corrupt image (``libpng error:
+...``, ``Corrupt JPEG data: ...``, OpenCV's ``[ WARN:...]``); :func:`filter_native_stderr` drops those
+lines (the rejection's own line says what was wrong) and passes everything else through.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import re
 import uuid
 from collections.abc import Mapping
 from http import HTTPStatus
@@ -42,6 +47,7 @@ __all__ = [
     "RequestError",
     "ServiceError",
     "UnsupportedMedia",
+    "filter_native_stderr",
     "install_handlers",
     "log_rejection",
     "request_id",
@@ -178,6 +184,45 @@ class OneLineClientErrors(logging.Filter):
         record.exc_text = None
         record.levelno, record.levelname = logging.WARNING, "WARNING"
         return True
+
+
+# Lines the image decoders' C code writes to stderr about the image at hand (libpng, libjpeg, OpenCV).
+DECODER_CHATTER = re.compile(
+    rb"(libpng (warning|error): |Corrupt JPEG data: |Premature end of JPEG file|Invalid SOS parameters|"
+    rb"Unsupported marker type|Bogus |Invalid JPEG file structure|\[ ?(WARN|ERROR):\d+@)"
+)
+_STDERR_FILTER = """
+import re, signal, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+chatter = re.compile(sys.argv[1].encode("latin-1"))
+out = sys.stdout.buffer
+for line in sys.stdin.buffer:
+    if not chatter.match(line):
+        out.write(line)
+        out.flush()
+"""
+
+
+def filter_native_stderr() -> None:
+    """Route this process's stderr (file descriptor 2) through a child process that drops
+    :data:`DECODER_CHATTER` and passes every other line on, unchanged and in order.
+
+    A child rather than a thread: it outlives this process and drains the pipe, so that a crash report
+    written to stderr as the process dies still reaches the log. It ignores SIGINT/SIGTERM and ends when
+    the pipe closes, i.e. with this process.
+    """
+    import subprocess
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    child = subprocess.Popen(
+        [sys.executable, "-c", _STDERR_FILTER, DECODER_CHATTER.pattern.decode("latin-1")],
+        stdin=subprocess.PIPE, stdout=2, stderr=subprocess.DEVNULL, close_fds=True,
+    )
+    os.dup2(child.stdin.fileno(), 2)
+    child.stdin.close()
 
 
 # ------------------------------------------------------------------------------------------------------

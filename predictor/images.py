@@ -293,13 +293,16 @@ def decode_image(data: bytes, max_pixels: int, where: str = "image") -> np.ndarr
     info = probe_image(data, where)
     check_dimensions(info.width, info.height, max_pixels, where)
     buffer = np.frombuffer(data, np.uint8)
-    if info.alpha:
-        image = _composite(cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED))
-    else:
-        rgb = getattr(cv2, "IMREAD_COLOR_RGB", None)
-        image = cv2.imdecode(buffer, rgb if rgb is not None else cv2.IMREAD_COLOR)
-        if image is not None and rgb is None:
-            image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    try:
+        if info.alpha:
+            image = _composite(cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED))
+        else:
+            rgb = getattr(cv2, "IMREAD_COLOR_RGB", None)
+            image = cv2.imdecode(buffer, rgb if rgb is not None else cv2.IMREAD_COLOR)
+            if image is not None and rgb is None:
+                image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    except cv2.error:  # OpenCV's own checks on what the decoder found inside (e.g. a frame's size)
+        image = None
     if image is None or image.ndim != 3 or image.shape[2] != 3:
         raise _bad(where, f"could not decode the {info.format.upper()} data (corrupt or truncated)")
     if (image.shape[1], image.shape[0]) != (info.width, info.height) and info.orientation == 1:
