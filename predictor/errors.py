@@ -59,12 +59,13 @@ log = logging.getLogger("predictor.requests")
 # so that neither the answer nor the log line grows with the request.
 MAX_MESSAGE_CHARS = 1000
 REQUEST_ID_HEADER = "x-request-id"
+_TRUNCATED = " ... (truncated)"
 
 
 def _bounded(text: str) -> str:
     text = " ".join(str(text).split())  # one line, whatever the client put in it
     if len(text) > MAX_MESSAGE_CHARS:
-        text = text[: MAX_MESSAGE_CHARS - 15] + " ... (truncated)"
+        text = text[: MAX_MESSAGE_CHARS - len(_TRUNCATED)] + _TRUNCATED
     return text
 
 

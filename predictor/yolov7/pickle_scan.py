@@ -5,7 +5,8 @@ recurse in C without a depth check: hashing a tuple nested a million deep (as a 
 member, *during* unpickling) overflows the C stack and kills the interpreter, and ``str``/``repr`` of a
 shallower one raises ``RecursionError``. :func:`scan` walks the opcodes with :mod:`pickletools` (pure
 Python, iterative: nothing is built and nothing recursed), keeps one depth per stack item, and refuses
-the pickle before :class:`~.safe_pickle.SafeUnpickler` sees it.
+the pickle before :class:`~.safe_pickle.SafeUnpickler` sees it. Memo indices are bounded too: the C
+unpickler allocates its memo table up to the largest index a pickle names.
 
 Depth is counted in containers: a scalar is 0, a container 1 + its deepest member. An official
 ``yolov7.pt`` nests 22 deep (in these units) and holds ~28,000 objects; the limits leave wide margins above both.
@@ -83,7 +84,11 @@ def scan(data: bytes, max_depth: int = MAX_DEPTH, max_objects: int = MAX_OBJECTS
             if name in _PUT or name == "MEMOIZE":
                 if not stack or stack[-1] is _MARK:
                     raise PickleShapeError("malformed pickle: memo put with an empty stack")
-                memo[len(memo) if name == "MEMOIZE" else arg] = stack[-1]
+                key = len(memo) if name == "MEMOIZE" else arg
+                if not isinstance(key, int) or not 0 <= key <= max_objects:
+                    # the C unpickler sizes its memo table by the largest index: 2**32 would be 32 GiB
+                    raise PickleShapeError(f"malformed pickle: memo index {key} is out of range")
+                memo[key] = stack[-1]
                 continue
             if name in _GET:
                 if arg not in memo:

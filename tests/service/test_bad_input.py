@@ -25,7 +25,7 @@ from tests.service.helpers import (
     v2_outputs,
     v2_request,
 )
-from tests.tools.images import encode, png_claiming, png_forged_chunk
+from tests.tools.images import encode, png_claiming, png_corrupt_idat, png_forged_chunk
 
 
 @dataclass(frozen=True)
@@ -296,6 +296,7 @@ def test_one_log_line_per_rejected_request_with_its_id(server, images):
                                                                  inputs=_grpc_bytes(b"junk").inputs)),
                 lambda: client.post(server.http_url + "/v2/models/nope/infer", json=v2_request(good)),
                 lambda: client.post(server.infer_url, content=b"{nope", headers={"content-type": "application/json"}),
+                lambda: client.post(server.infer_url, json=v2_request(png_corrupt_idat())),  # libpng's own line
             ]
         for send in sends:
             send()

@@ -44,3 +44,13 @@ def png_forged_chunk(declared: int = 0xFFFFFFF0) -> bytes:
     idat = zlib.compress(b"".join(b"\0" + bytes(24) for _ in range(8)))
     return (PNG_SIGNATURE + png_chunk(b"IHDR", ihdr) + png_chunk(b"tEXt", b"Comment\0hi", length=declared)
             + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b""))
+
+
+def png_corrupt_idat() -> bytes:
+    """A 16x16 PNG whose IDAT holds broken zlib data under a correct CRC: libpng prints its own error."""
+    import zlib as _zlib
+
+    ihdr = struct.pack(">IIBBBBB", 16, 16, 8, 2, 0, 0, 0)
+    idat = bytearray(_zlib.compress(bytes(16 * 49)))
+    idat[-4:] = b"\0\0\0\0"  # wrong adler32: "incorrect data check"
+    return PNG_SIGNATURE + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", bytes(idat)) + png_chunk(b"IEND", b"")

@@ -269,8 +269,8 @@ class _FakePipeline:
 def _model(limit: int):
     from prometheus_client import CollectorRegistry
 
-    from predictor.params import DetectParams
     from predictor.metrics import service_metrics
+    from predictor.params import DetectParams
     from predictor.service import YoloV7Model
     from predictor.settings import PredictorSettings
 

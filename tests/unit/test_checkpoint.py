@@ -391,3 +391,11 @@ def test_pickle_cannot_reach_the_loaders_own_objects(payload, message, tmp_path)
 
     with pytest.raises(TypeError):
         safe_pickle._FUNCS[("builtins", "eval")] = eval  # the tables are read-only
+
+
+def test_memo_index_cannot_size_the_unpicklers_memo_table(tmp_path):
+    """Found by the fuzz tier: one flipped byte in LONG_BINPUT's index made the C unpickler allocate a
+    memo table of 2 x 33.5 M entries (+502 MB peak RSS for the mutated official fixture)."""
+    path = torch_zip(tmp_path / "memo.pt", b"\x80\x02Nr\x15\x0e\x00\x02.")
+    with pytest.raises(CheckpointError, match="memo index 33558037 is out of range"):
+        load_checkpoint(path)
