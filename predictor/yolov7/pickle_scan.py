@@ -19,7 +19,7 @@ import pickletools
 __all__ = ["MAX_DEPTH", "MAX_OBJECTS", "PickleShapeError", "scan"]
 
 MAX_DEPTH = 100
-MAX_OBJECTS = 2_000_000
+MAX_OBJECTS = 1_000_000
 
 
 class PickleShapeError(ValueError):
@@ -36,6 +36,7 @@ class _Cell:
 
 
 _MARK = object()
+_LEAF = _Cell(0)  # every scalar shares one cell: the scan's memory grows with containers only
 _NEW_FROM_MARK = {"TUPLE", "LIST", "DICT", "FROZENSET", "INST", "OBJ"}  # pop to mark, push a new object
 _ADD_FROM_MARK = {"APPENDS", "SETITEMS", "ADDITEMS"}  # pop to mark, add to the object below
 _ADD = {"APPEND": 1, "SETITEM": 2, "BUILD": 1}  # pop n, add to the object below
@@ -104,6 +105,8 @@ def scan(data: bytes, max_depth: int = MAX_DEPTH, max_objects: int = MAX_OBJECTS
                 members = pop_to_mark() if name in _ADD_FROM_MARK else pop(_ADD[name])
                 if not stack or stack[-1] is _MARK:
                     raise PickleShapeError(f"malformed pickle: {name} without an object to add to")
+                if stack[-1] is _LEAF:  # adding to a scalar: the unpickler will refuse it; give it a cell
+                    stack[-1] = _Cell(0)
                 deepen(stack[-1], members)
                 continue
             if name in _NEW_FROM_MARK:
@@ -123,7 +126,8 @@ def scan(data: bytes, max_depth: int = MAX_DEPTH, max_objects: int = MAX_OBJECTS
                 members = pop(len(before))
                 if len(opcode.stack_after) != 1:
                     continue  # POP
-                cell = _Cell(1 if name in _NEW_EMPTY or name.startswith("TUPLE") else 0)
+                container = name in _NEW_EMPTY or name.startswith("TUPLE") or bool(members)
+                cell = _Cell(1) if container else _LEAF
             objects += 1
             if objects > max_objects:
                 raise PickleShapeError(f"malformed pickle: more than {max_objects} objects")

@@ -103,9 +103,16 @@ from predictor.yolov7 import CheckpointError, load_checkpoint
 import predictor.yolov7.checkpoint  # torch and the loader, before the limit
 mapped = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
 resource.setrlimit(resource.RLIMIT_AS, (mapped + {headroom}, mapped + {headroom}))
-out = []
+
+def status(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field):
+            return int(line.split()[1]) // 1024
+
 for path in sys.argv[1:]:
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with open("/proc/self/clear_refs", "w") as f:  # reset the peak (VmHWM) to the current RSS
+        f.write("5")
+    before = status("VmRSS:")
     try:
         load_checkpoint(path)
         outcome = "loaded"
@@ -113,9 +120,8 @@ for path in sys.argv[1:]:
         outcome = "CheckpointError: " + str(error)
     except BaseException as error:  # anything else is a failure of the loader
         outcome = "ESCAPED " + type(error).__name__ + ": " + str(error)[:300]
-    growth = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024
-    out.append({{"path": path, "outcome": outcome, "peak_growth_mb": growth}})
-    print(json.dumps(out[-1]), flush=True)
+    growth = status("VmHWM:") - before
+    print(json.dumps({{"path": path, "outcome": outcome, "peak_growth_mb": growth}}), flush=True)
 """
 
 
