@@ -110,3 +110,10 @@ def test_coco_names_have_one_copy():
     assert validation.COCO_NAMES is COCO_NAMES
     assert coco_categories.COCO_NAMES is COCO_NAMES
     assert [name for _, name in coco_categories.COCO_CATEGORIES] == list(COCO_NAMES)
+
+
+def test_variant_names_are_the_architectures_built():
+    from predictor.settings import VARIANT_NAMES
+    from predictor.yolov7.variants import VARIANTS
+
+    assert tuple(VARIANTS) == VARIANT_NAMES
