@@ -321,16 +321,16 @@ def test_cuda_paths_agree_with_cpu(yolo_fixtures: Path, no_tf32, precision, acce
     weights = yolo_fixtures / "yolov7-tiny-random.pt"
     cpu = Detector.from_weights(weights, device="cpu")
     imgs = [_read_rgb(yolo_fixtures, n) for n in ("bus", "zidane")]
-    x, infos = cpu.preprocess(imgs)
+    x, geometries = cpu.preprocess(imgs)
     ref_raw = cpu.forward(x)
 
     kw = {"compile_mode": "default"} if accel == "compile" else {}
     gpu = Detector.from_weights(weights, device="cuda", precision=precision, accel=accel, **kw)
     assert gpu.precision == precision and gpu.accel == accel
-    gx, ginfos = gpu.preprocess(imgs)
+    gx, ggeometries = gpu.preprocess(imgs)
     assert gx.device.type == "cuda" and gx.dtype == gpu.dtype
     assert gx.is_contiguous(memory_format=torch.channels_last)
-    assert ginfos == infos
+    assert ggeometries == geometries
     torch.testing.assert_close(gx.float().cpu(), x, atol=1e-3, rtol=0)
     gpu.warmup((2,))
     for _ in range(2):  # with cudagraph: the second call replays the captured graph
@@ -342,8 +342,8 @@ def test_cuda_paths_agree_with_cpu(yolo_fixtures: Path, no_tf32, precision, acce
     if accel == "compile":
         assert gpu._compiled is not None, "torch.compile fell back to eager"
     if precision == "fp32":
-        ref = cpu.postprocess(ref_raw, infos)
-        for r, g in zip(ref, gpu.postprocess(raw, ginfos), strict=True):
+        ref = cpu.postprocess(ref_raw, geometries)
+        for r, g in zip(ref, gpu.postprocess(raw, ggeometries), strict=True):
             assert abs(len(r) - len(g)) <= 2 + 0.01 * len(r)
 
 
