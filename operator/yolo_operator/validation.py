@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from predictor.settings import VARIANT_NAMES, SettingsError
+from predictor.settings import GPU_ACCELERATIONS, VARIANT_NAMES, SettingsError
 from predictor.yolov7.names import COCO_NAMES  # the class names of the official release weights
 
 from . import config as c
@@ -185,7 +185,7 @@ def validate(
     if spec["precision"] == "fp16" and isinstance(gpus, int) and gpus == 0:
         problems.append(Problem("precision", "fp16 needs a GPU: set resources.gpu >= 1, or precision auto/fp32"))
     acceleration = spec["batching"].get("acceleration")
-    if acceleration in ("cudagraph", "compile") and isinstance(gpus, int) and gpus == 0:
+    if acceleration in GPU_ACCELERATIONS and isinstance(gpus, int) and gpus == 0:
         problems.append(Problem("batching.acceleration", f"{acceleration} needs a GPU: set resources.gpu >= 1, "
                                                          "or acceleration auto/eager"))
 
