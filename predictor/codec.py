@@ -6,8 +6,9 @@
 * images are checked *before* decoding: the format and the dimensions are read from the header (PNG
   IHDR, JPEG SOF, BMP info header, WebP VP8/VP8L/VP8X), so a decompression bomb is refused without
   allocating its pixels.
-* per-request parameters (``confidence``, ``iou``, ``max_detections``, ``classes``, ``agnostic``) are
-  validated against the server defaults and the model's class names.
+* per-request parameters (``confidence``, ``iou``, ``max_detections``, ``classes``, ``agnostic``, the
+  fields of :class:`~predictor.settings.DetectParams`) are read over the server defaults, class names
+  resolved with the model's; ``DetectParams`` checks the values, once.
 * detections → v2 outputs (``num_detections``, ``detection_boxes``, ``detection_scores``,
   ``detection_classes``, ``detection_labels``, ``image_sizes``) or the v1 ``predictions`` JSON.
 
@@ -22,12 +23,14 @@ import base64
 import binascii
 import struct
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import cv2
 import numpy as np
 from kserve.errors import InvalidInput, ServerNotReady
+
+from predictor.settings import DetectParams
 
 __all__ = [
     "DetectParams",
@@ -52,7 +55,6 @@ __all__ = [
 ]
 
 SUPPORTED_FORMATS = "JPEG, PNG, BMP or WebP"
-PARAMETER_NAMES = ("confidence", "iou", "max_detections", "classes", "agnostic")
 
 # name, datatype, shape (-1 = variable) — the v2 response layout, also published in the model metadata.
 V2_OUTPUTS: tuple[tuple[str, str, list[int]], ...] = (
@@ -99,26 +101,6 @@ class Limits:
     max_images: int
     max_pixels: int
     max_bytes: int
-
-
-@dataclass(frozen=True)
-class DetectParams:
-    """Thresholds for one request. ``classes`` None = every class."""
-
-    conf: float
-    iou: float
-    max_det: int
-    classes: tuple[int, ...] | None = None
-    agnostic: bool = False
-
-    def as_kwargs(self) -> dict[str, Any]:
-        return {
-            "conf": self.conf,
-            "iou": self.iou,
-            "max_det": self.max_det,
-            "classes": None if self.classes is None else list(self.classes),
-            "agnostic": self.agnostic,
-        }
 
 
 @dataclass(frozen=True)
@@ -454,18 +436,17 @@ def parse_v1(body: Any, limits: Limits) -> tuple[list[ImageSource], Mapping[str,
 # parameters
 # ------------------------------------------------------------------------------------------------------
 def _as_float(name: str, value: Any) -> float:
+    """A number (its range is :class:`DetectParams`' to check)."""
     if isinstance(value, bool):
         raise RequestError(f"parameter '{name}' must be a number in [0, 1], got {value!r}", "parameter")
     try:
-        number = float(value)
+        return float(value)
     except (TypeError, ValueError):
         raise RequestError(f"parameter '{name}' must be a number in [0, 1], got {value!r}", "parameter") from None
-    if not 0.0 <= number <= 1.0:
-        raise RequestError(f"parameter '{name}' must be in [0, 1], got {number}", "parameter")
-    return number
 
 
-def _as_int(name: str, value: Any, low: int, high: int) -> int:
+def _as_int(name: str, value: Any) -> int:
+    """An integer, or a float without a fraction (its range is :class:`DetectParams`' to check)."""
     if isinstance(value, bool):
         raise RequestError(f"parameter '{name}' must be an integer, got {value!r}", "parameter")
     try:
@@ -474,8 +455,6 @@ def _as_int(name: str, value: Any, low: int, high: int) -> int:
         number = None
     if number is None:
         raise RequestError(f"parameter '{name}' must be an integer, got {value!r}", "parameter")
-    if not low <= number <= high:
-        raise RequestError(f"parameter '{name}' must be in [{low}, {high}], got {number}", "parameter")
     return number
 
 
@@ -526,16 +505,17 @@ def resolve_classes(value: Any, names: Sequence[str], source: str = "parameter '
 def resolve_params(raw: Mapping[str, Any] | None, defaults: DetectParams, names: Sequence[str]) -> DetectParams:
     """Request parameters over the server defaults. Unknown names are ignored (clients add their own)."""
     raw = dict(raw or {})
-    conf = _as_float("confidence", raw["confidence"]) if raw.get("confidence") is not None else defaults.conf
-    iou = _as_float("iou", raw["iou"]) if raw.get("iou") is not None else defaults.iou
-    max_det = (
-        _as_int("max_detections", raw["max_detections"], 1, 10000)
-        if raw.get("max_detections") is not None
-        else defaults.max_det
-    )
-    classes = resolve_classes(raw["classes"], names) if "classes" in raw else defaults.classes
-    agnostic = _as_bool("agnostic", raw["agnostic"]) if raw.get("agnostic") is not None else defaults.agnostic
-    return DetectParams(conf=conf, iou=iou, max_det=max_det, classes=classes, agnostic=agnostic)
+    values: dict[str, Any] = {}
+    for name, parse in (("confidence", _as_float), ("iou", _as_float), ("max_detections", _as_int),
+                        ("agnostic", _as_bool)):
+        if raw.get(name) is not None:
+            values[name] = parse(name, raw[name])
+    if "classes" in raw:
+        values["classes"] = resolve_classes(raw["classes"], names)
+    try:
+        return replace(defaults, **values)
+    except ValueError as error:  # out of bounds: DetectParams names the parameter
+        raise RequestError(f"parameter {error}", "parameter") from None
 
 
 def grpc_parameters(parameters: Any) -> dict[str, Any]:

@@ -24,8 +24,8 @@ import kserve
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
 from predictor import codec
-from predictor.codec import DetectParams, Limits, Overloaded, RequestError
-from predictor.settings import PredictorSettings
+from predictor.codec import Limits, Overloaded, RequestError
+from predictor.settings import DetectParams, PredictorSettings
 
 __all__ = ["WEIGHT_SUFFIXES", "YoloV7Model", "resolve_weights"]
 
@@ -121,9 +121,9 @@ class YoloV7Model(kserve.Model):
         )
         self.names = list(detector.names)
         self.defaults = DetectParams(
-            conf=s.conf_threshold,
+            confidence=s.conf_threshold,
             iou=s.iou_threshold,
-            max_det=s.max_detections,
+            max_detections=s.max_detections,
             classes=codec.resolve_classes(list(s.classes), self.names, "--classes") if s.classes else None,
         )
         self.metrics = service_metrics()
@@ -161,9 +161,9 @@ class YoloV7Model(kserve.Model):
             **self.pipeline.summary(),
             "accel": self.pipeline.detector.accel,
             "class_names": list(self.names),
-            "confidence": defaults.conf,
+            "confidence": defaults.confidence,
             "iou": defaults.iou,
-            "max_detections": defaults.max_det,
+            "max_detections": defaults.max_detections,
             "classes": None if defaults.classes is None else list(defaults.classes),
             "max_batch_size": self.settings.max_batch_size,
             "max_images_per_request": self.settings.max_images_per_request,

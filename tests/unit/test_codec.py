@@ -17,7 +17,7 @@ from predictor.codec import DetectParams, Limits, PayloadTooLarge, RequestError
 
 LIMITS = Limits(max_images=4, max_pixels=1_000_000, max_bytes=2_000_000)
 NAMES = ["person", "bicycle", "car"]
-DEFAULTS = DetectParams(conf=0.25, iou=0.45, max_det=300)
+DEFAULTS = DetectParams(confidence=0.25, iou=0.45, max_detections=300)
 
 
 def _image(height: int = 48, width: int = 64) -> np.ndarray:
@@ -221,7 +221,7 @@ def test_resolve_params_overrides_and_defaults():
          "binary_data_output": False},
         DEFAULTS, NAMES,
     )
-    assert params == DetectParams(conf=0.05, iou=0.6, max_det=7, classes=(0, 2), agnostic=True)
+    assert params == DetectParams(confidence=0.05, iou=0.6, max_detections=7, classes=(0, 2), agnostic=True)
     assert codec.resolve_params({"classes": ["Person", 1]}, DEFAULTS, NAMES).classes == (0, 1)
     assert codec.resolve_params({"classes": ""}, DEFAULTS, NAMES).classes is None
 
