@@ -124,17 +124,19 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=180s --retries=3 \
 ENTRYPOINT ["python", "-m", "predictor"]
 
 # ---------------------------------------------------------------------------------------------------
-# operator-build: kopf + kubernetes and the operator package, plus predictor/settings.py only
+# operator-build: kopf + kubernetes and the operator package, plus the torch-free predictor.settings and
+# predictor.yolov7.names (options and class names declared once, shared with the predictor)
 # ---------------------------------------------------------------------------------------------------
 FROM base AS operator-build
 
 WORKDIR /src
 COPY constraints.txt pyproject.toml ./
 COPY predictor/__init__.py predictor/settings.py predictor/
+COPY predictor/yolov7/__init__.py predictor/yolov7/names.py predictor/yolov7/
 COPY operator/ operator/
 RUN python -m venv /opt/yolo-v7/venv \
  && pip install -c constraints.txt ".[operator]" \
- && python -c "import yolo_operator, predictor.settings, kopf" \
+ && python -c "import yolo_operator, predictor.settings, predictor.yolov7.names, kopf" \
  && if pip show torch >/dev/null 2>&1; then echo "torch must not be in the operator image" >&2; exit 1; fi
 
 # ---------------------------------------------------------------------------------------------------

@@ -7,8 +7,6 @@ The request path lives in :mod:`predictor.errors` (error types, HTTP/gRPC codes,
 
 from predictor.images import check_dimensions as check_pixels
 from predictor.images import check_pixel_array, decode_image, probe_image
-from predictor.params import DetectParams
 from predictor.wire import ImageSource, Limits
 
-__all__ = ["DetectParams", "ImageSource", "Limits", "check_pixel_array", "check_pixels", "decode_image",
-           "probe_image"]
+__all__ = ["ImageSource", "Limits", "check_pixel_array", "check_pixels", "decode_image", "probe_image"]

@@ -1,9 +1,10 @@
-"""Per-request detection parameters: read once from the wire, validated once, then passed whole.
+"""Per-request detection parameters: read once from the wire into a :class:`~predictor.settings.DetectParams`
+(which checks the ranges, once), then passed whole.
 
-Names on the wire (v1 ``parameters``, v2 request ``parameters``, gRPC ``parameters`` map):
-``confidence`` (0..1), ``iou`` (0..1), ``max_detections`` (1..10000), ``classes`` (ids or names, a list
-or a comma-separated string; empty = all) and ``agnostic`` (bool). A missing or ``null`` value means the
-server default; a value that cannot be read is a :class:`~predictor.errors.RequestError` (HTTP 400,
+Names on the wire (v1 ``parameters``, v2 request ``parameters``, gRPC ``parameters`` map) are the
+``DetectParams`` fields: ``confidence``, ``iou``, ``max_detections``, ``classes`` (ids or names, a list or
+a comma-separated string; empty = all) and ``agnostic``. A missing or ``null`` value means the server
+default; a value that cannot be read is a :class:`~predictor.errors.RequestError` (HTTP 400,
 INVALID_ARGUMENT), never the default. Other names are ignored (clients add their own, e.g.
 ``binary_data_output``).
 
@@ -17,35 +18,15 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import fields, replace
 from typing import Any
 
 from predictor.errors import RequestError
+from predictor.settings import DetectParams
 
-__all__ = ["PARAMETER_NAMES", "DetectParams", "grpc_parameters", "resolve_classes", "resolve_params"]
+__all__ = ["PARAMETER_NAMES", "grpc_parameters", "resolve_classes", "resolve_params"]
 
-PARAMETER_NAMES = ("confidence", "iou", "max_detections", "classes", "agnostic")
-MAX_DETECTIONS_LIMIT = 10000
-
-
-@dataclass(frozen=True)
-class DetectParams:
-    """Thresholds for one request. ``classes`` None = every class."""
-
-    conf: float
-    iou: float
-    max_det: int
-    classes: tuple[int, ...] | None = None
-    agnostic: bool = False
-
-    def as_kwargs(self) -> dict[str, Any]:
-        return {
-            "conf": self.conf,
-            "iou": self.iou,
-            "max_det": self.max_det,
-            "classes": None if self.classes is None else list(self.classes),
-            "agnostic": self.agnostic,
-        }
+PARAMETER_NAMES = tuple(field.name for field in fields(DetectParams))
 
 
 def _bad(name: str, problem: str) -> RequestError:
@@ -53,18 +34,17 @@ def _bad(name: str, problem: str) -> RequestError:
 
 
 def _as_float(name: str, value: Any) -> float:
+    """A number (its range is :class:`DetectParams`' to check)."""
     if isinstance(value, bool):
         raise _bad(name, f"must be a number in [0, 1], got {value!r}")
     try:
-        number = float(value)
+        return float(value)
     except (TypeError, ValueError, OverflowError):
         raise _bad(name, f"must be a number in [0, 1], got {value!r:.100}") from None
-    if not 0.0 <= number <= 1.0:  # also refuses NaN
-        raise _bad(name, f"must be in [0, 1], got {number}")
-    return number
 
 
-def _as_int(name: str, value: Any, low: int, high: int) -> int:
+def _as_int(name: str, value: Any) -> int:
+    """An integer, or a float without a fraction (its range is :class:`DetectParams`' to check)."""
     if isinstance(value, bool):
         raise _bad(name, f"must be an integer, got {value!r}")
     number: int | None
@@ -79,8 +59,6 @@ def _as_int(name: str, value: Any, low: int, high: int) -> int:
         number = None
     if number is None:
         raise _bad(name, f"must be an integer, got {value!r:.100}")
-    if not low <= number <= high:
-        raise _bad(name, f"must be in [{low}, {high}], got {number}")
     return number
 
 
@@ -135,16 +113,17 @@ def resolve_params(raw: Mapping[str, Any] | None, defaults: DetectParams, names:
     if raw is not None and not isinstance(raw, Mapping):
         raise RequestError(f"'parameters' must be an object, got {type(raw).__name__}", "parameter")
     raw = dict(raw or {})
-    conf = _as_float("confidence", raw["confidence"]) if raw.get("confidence") is not None else defaults.conf
-    iou = _as_float("iou", raw["iou"]) if raw.get("iou") is not None else defaults.iou
-    max_det = (
-        _as_int("max_detections", raw["max_detections"], 1, MAX_DETECTIONS_LIMIT)
-        if raw.get("max_detections") is not None
-        else defaults.max_det
-    )
-    classes = resolve_classes(raw["classes"], names) if "classes" in raw else defaults.classes
-    agnostic = _as_bool("agnostic", raw["agnostic"]) if raw.get("agnostic") is not None else defaults.agnostic
-    return DetectParams(conf=conf, iou=iou, max_det=max_det, classes=classes, agnostic=agnostic)
+    values: dict[str, Any] = {}
+    for name, parse in (("confidence", _as_float), ("iou", _as_float), ("max_detections", _as_int),
+                        ("agnostic", _as_bool)):
+        if raw.get(name) is not None:
+            values[name] = parse(name, raw[name])
+    if "classes" in raw:
+        values["classes"] = resolve_classes(raw["classes"], names)
+    try:
+        return replace(defaults, **values)
+    except ValueError as error:  # out of bounds: DetectParams names the parameter
+        raise RequestError(f"parameter {error}", "parameter") from None
 
 
 # Triton's InferParameter fields that KServe's proto lacks: field number -> (wire type, struct format).

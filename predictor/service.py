@@ -29,8 +29,8 @@ from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
 from predictor import images, wire
 from predictor.errors import Overloaded, RequestError, ServiceError, log_rejection, request_id
-from predictor.params import DetectParams, grpc_parameters, resolve_classes, resolve_params
-from predictor.settings import PredictorSettings
+from predictor.params import grpc_parameters, resolve_classes, resolve_params
+from predictor.settings import DetectParams, PredictorSettings
 
 __all__ = ["WEIGHT_SUFFIXES", "YoloV7Model", "resolve_weights"]
 
@@ -127,9 +127,9 @@ class YoloV7Model(kserve.Model):
         )
         self.names = list(detector.names)
         self.defaults = DetectParams(
-            conf=s.conf_threshold,
+            confidence=s.conf_threshold,
             iou=s.iou_threshold,
-            max_det=s.max_detections,
+            max_detections=s.max_detections,
             classes=resolve_classes(list(s.classes), self.names, "--classes") if s.classes else None,
         )
         self.metrics = service_metrics()
@@ -167,9 +167,9 @@ class YoloV7Model(kserve.Model):
             **self.pipeline.summary(),
             "accel": self.pipeline.detector.accel,
             "class_names": list(self.names),
-            "confidence": defaults.conf,
+            "confidence": defaults.confidence,
             "iou": defaults.iou,
-            "max_detections": defaults.max_det,
+            "max_detections": defaults.max_detections,
             "classes": None if defaults.classes is None else list(defaults.classes),
             "max_batch_size": self.settings.max_batch_size,
             "max_images_per_request": self.settings.max_images_per_request,

@@ -27,6 +27,7 @@ VARIANT_NAMES: tuple[str, ...] = (
 DEVICES_HELP = "auto, cpu, cuda or cuda:N"
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "fp16")
 ACCELERATIONS: tuple[str, ...] = ("auto", "eager", "cudagraph", "compile")
+GPU_ACCELERATIONS: tuple[str, ...] = ("cudagraph", "compile")  # the modes that need a CUDA device
 ENV_PREFIX = "YOLO_"
 
 
@@ -208,6 +209,54 @@ def _check_bounds(option: Option, value: Any) -> None:
         raise SettingsError(f"{option.flag} must be <= {option.maximum} (got {value})")
 
 
+# ----- per-request detection parameters ---------------------------------------------------------------
+@dataclass(frozen=True)
+class DetectParams:
+    """What one request asks of the detector; every field defaults to the predictor's default above.
+
+    The same names are the request parameters on the wire (``confidence``, ``iou``, ``max_detections``,
+    ``classes``, ``agnostic``); the predictor flags set their defaults (``--conf_threshold``,
+    ``--iou_threshold``, ``--max_detections``, ``--classes``). Checked once, here, against the flags'
+    bounds; the engine and the NMS take a ``DetectParams`` whole and trust it.
+
+    * ``confidence``: a prediction is a candidate if its objectness is above it, and kept if objectness ×
+      best class probability is above it too.
+    * ``iou``: boxes of one class overlapping more than this (IoU) are suppressed.
+    * ``max_detections``: at most this many detections per image (highest scores first).
+    * ``classes``: the class ids kept (``None`` or empty: every class); checked against the model's
+      number of classes by the NMS, the one place that knows it.
+    * ``agnostic``: suppress overlapping boxes across classes too.
+    """
+
+    confidence: float = PredictorSettings.conf_threshold
+    iou: float = PredictorSettings.iou_threshold
+    max_detections: int = PredictorSettings.max_detections
+    classes: tuple[int, ...] | None = None
+    agnostic: bool = False
+
+    def __post_init__(self) -> None:
+        for name, option in (("confidence", "conf_threshold"), ("iou", "iou_threshold"),
+                             ("max_detections", "max_detections")):
+            value, bounds = getattr(self, name), OPTIONS_BY_NAME[option]
+            integer = bounds.parse is int
+            if isinstance(value, bool) or not isinstance(value, int | float) or value != value \
+                    or (integer and float(value) != int(value)):
+                kind = "an integer" if integer else "a number"
+                raise ValueError(f"'{name}' must be {kind} in [{bounds.minimum:g}, {bounds.maximum:g}], "
+                                 f"got {value!r}")
+            if not bounds.minimum <= value <= bounds.maximum:
+                raise ValueError(f"'{name}' must be in [{bounds.minimum:g}, {bounds.maximum:g}], got {value}")
+            object.__setattr__(self, name, int(value) if integer else float(value))
+        classes = self.classes
+        if classes is not None:
+            if isinstance(classes, str | bytes) or not all(
+                    isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in classes):
+                raise ValueError(f"'classes' must be class ids (integers >= 0), got {classes!r}")
+            object.__setattr__(self, "classes", tuple(sorted(set(classes))) or None)
+        if not isinstance(self.agnostic, bool):
+            raise ValueError(f"'agnostic' must be true or false, got {self.agnostic!r}")
+
+
 def parse_args(argv: Iterable[str], environ: Mapping[str, str] | None = None) -> PredictorSettings:
     """Parse only our options from ``argv`` (unknown flags ignored): handy for tests and the operator."""
     parser = PredictorSettings.add_arguments(argparse.ArgumentParser(add_help=False))
@@ -217,6 +266,8 @@ def parse_args(argv: Iterable[str], environ: Mapping[str, str] | None = None) ->
 
 __all__ = [
     "ACCELERATIONS",
+    "DetectParams",
+    "GPU_ACCELERATIONS",
     "OPTIONS",
     "OPTIONS_BY_NAME",
     "Option",

@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from predictor.settings import DetectParams
+
 from . import pipeline
 from .clients import Params, resolve_class
 from .common import (
@@ -43,9 +45,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     outputs.add_argument("--category-map", choices=("coco80", "names", "identity"),
                          help="class id → COCO category id for --coco (default coco80 for 80-class models)")
     thresholds = parser.add_argument_group("thresholds (per request; the predictor's defaults when omitted)")
-    thresholds.add_argument("--conf", type=unit_interval, help="confidence threshold (predictor default 0.25)")
-    thresholds.add_argument("--iou", type=unit_interval, help="NMS IoU threshold (predictor default 0.45)")
-    thresholds.add_argument("--max-det", type=positive_int, help="maximum detections per image (default 300)")
+    defaults = DetectParams()
+    thresholds.add_argument("--conf", type=unit_interval,
+                            help=f"confidence threshold (predictor default {defaults.confidence:g})")
+    thresholds.add_argument("--iou", type=unit_interval, help=f"NMS IoU threshold (predictor default {defaults.iou:g})")
+    thresholds.add_argument("--max-det", type=positive_int,
+                            help=f"maximum detections per image (predictor default {defaults.max_detections})")
     thresholds.add_argument("--classes", help="only these classes: names or ids, comma-separated (person,car or 0,2)")
     thresholds.add_argument("--agnostic", action="store_true", help="class-agnostic NMS")
     parser.add_argument("--max-frames", type=positive_int, help="stop each video / camera after this many frames")
@@ -80,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
         classes = parse_classes(args.classes)
         if classes and client.names is not None:
             classes = tuple(resolve_class(item, client.names) for item in classes)
-        params = Params(conf=args.conf, iou=args.iou, max_det=args.max_det, classes=classes, agnostic=args.agnostic)
+        params = Params(confidence=args.conf, iou=args.iou, max_detections=args.max_det, classes=classes,
+                        agnostic=args.agnostic)
 
         coco = None
         if args.coco:

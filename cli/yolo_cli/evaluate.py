@@ -171,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
                      f"runs at {OFFICIAL_INPUT_SIZE} (start it with --input_size {OFFICIAL_INPUT_SIZE})")
             mode = args.category_map or default_category_map(client.names)
             category = category_mapper(mode, client.names, annotations)
-            params = Params(conf=args.conf, iou=args.iou, max_det=args.max_det)
+            params = Params(confidence=args.conf, iou=args.iou, max_detections=args.max_det)
             results = []
 
             def on_result(frame: Frame, result) -> None:  # noqa: ANN001

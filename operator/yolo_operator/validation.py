@@ -11,7 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from predictor.settings import VARIANT_NAMES, SettingsError
+from predictor.settings import GPU_ACCELERATIONS, VARIANT_NAMES, SettingsError
+from predictor.yolov7.names import COCO_NAMES  # the class names of the official release weights
 
 from . import config as c
 from . import manifests
@@ -19,19 +20,6 @@ from .config import OperatorConfig
 
 ERROR = "error"
 WARNING = "warning"
-
-# The 80 COCO class names of the official release weights, in class-id order.
-COCO_NAMES: tuple[str, ...] = (
-    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
-    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
-    "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee",
-    "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
-    "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
-    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
-    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard",
-    "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase",
-    "scissors", "teddy bear", "hair drier", "toothbrush",
-)
 
 STORAGE_SCHEMES: tuple[str, ...] = ("gs", "s3", "pvc", "http", "https", "hdfs", "webhdfs", "oci", "hf", "azure")
 _DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
@@ -197,7 +185,7 @@ def validate(
     if spec["precision"] == "fp16" and isinstance(gpus, int) and gpus == 0:
         problems.append(Problem("precision", "fp16 needs a GPU: set resources.gpu >= 1, or precision auto/fp32"))
     acceleration = spec["batching"].get("acceleration")
-    if acceleration in ("cudagraph", "compile") and isinstance(gpus, int) and gpus == 0:
+    if acceleration in GPU_ACCELERATIONS and isinstance(gpus, int) and gpus == 0:
         problems.append(Problem("batching.acceleration", f"{acceleration} needs a GPU: set resources.gpu >= 1, "
                                                          "or acceleration auto/eager"))
 

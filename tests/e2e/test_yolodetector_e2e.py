@@ -170,15 +170,16 @@ def test_apply_infer_patch_delete(yolo_fixtures, kube, namespace, tmp_path):
         assert pod.url in table and "True" in table, table
 
         # 4. a real v2 inference answer equals the Detector's own, at the served thresholds
-        from predictor.images import decode_image
         from predictor.engine import Detector
+        from predictor.images import decode_image
+        from predictor.settings import DetectParams
 
         reference = Detector.from_weights(checkpoint, device="cpu", input_size=settings.input_size or None)
         rgb = decode_image(image, settings.max_image_pixels)
 
         def expected(conf: float):
-            [found] = reference.detect([rgb], conf=conf, iou=settings.iou_threshold,
-                                       max_det=settings.max_detections)
+            [found] = reference.detect([rgb], DetectParams(confidence=conf, iou=settings.iou_threshold,
+                                                           max_detections=settings.max_detections))
             return found
 
         t2 = time.monotonic()

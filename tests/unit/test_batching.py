@@ -270,15 +270,14 @@ def _model(limit: int):
     from prometheus_client import CollectorRegistry
 
     from predictor.metrics import service_metrics
-    from predictor.params import DetectParams
     from predictor.service import YoloV7Model
-    from predictor.settings import PredictorSettings
+    from predictor.settings import DetectParams, PredictorSettings
 
     model = YoloV7Model("m", PredictorSettings(max_queued_images=limit))
     model.metrics = service_metrics(CollectorRegistry())
     model.admission = Admission(limit, on_change=model.metrics.in_flight.set)
     model.pipeline = _FakePipeline()
-    model.defaults = DetectParams(conf=0.25, iou=0.45, max_det=300, classes=None)
+    model.defaults = DetectParams(confidence=0.25, iou=0.45, max_detections=300, classes=None)
     model.names = ["thing"]
 
     async def postprocess(job, headers=None, response_headers=None):

@@ -216,7 +216,8 @@ def test_operator_target_installs_the_operator_and_settings_only(df, tmp_path):
     files = _wheel_files(context, tmp_path)
     assert "yolo_operator/__main__.py" in files and "predictor/settings.py" in files
     predictor_modules = sorted(f for f in files if f.startswith("predictor/"))
-    assert predictor_modules == ["predictor/__init__.py", "predictor/settings.py"], predictor_modules
+    assert predictor_modules == ["predictor/__init__.py", "predictor/settings.py", "predictor/yolov7/__init__.py",
+                                 "predictor/yolov7/names.py"], predictor_modules
     installs = df.stage("operator-build").run_text()
     assert '".[operator]"' in installs and "-c constraints.txt" in installs
     assert "torch" in installs  # the stage fails the build if torch slipped in (pip show torch)

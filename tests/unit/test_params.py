@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 
 from predictor.errors import RequestError
-from predictor.params import DetectParams, resolve_params
+from predictor.params import resolve_params
+from predictor.settings import DetectParams
 
 NAMES = ["person", "bicycle", "car"]
-DEFAULTS = DetectParams(conf=0.25, iou=0.45, max_det=300)
+DEFAULTS = DetectParams(confidence=0.25, iou=0.45, max_detections=300)
 
 
 # ----- parameters -------------------------------------------------------------------------------------
@@ -19,7 +20,7 @@ def test_resolve_params_overrides_and_defaults():
          "binary_data_output": False},
         DEFAULTS, NAMES,
     )
-    assert params == DetectParams(conf=0.05, iou=0.6, max_det=7, classes=(0, 2), agnostic=True)
+    assert params == DetectParams(confidence=0.05, iou=0.6, max_detections=7, classes=(0, 2), agnostic=True)
     assert resolve_params({"classes": ["Person", 1]}, DEFAULTS, NAMES).classes == (0, 1)
     assert resolve_params({"classes": ""}, DEFAULTS, NAMES).classes is None
 
@@ -66,7 +67,7 @@ def test_grpc_parameters_read_tritons_double_and_uint64_fields():
     raw = grpc_parameters({"confidence": double, "max_detections": uint64, "iou": pb.InferParameter(string_param="0.3"),
                            "agnostic": pb.InferParameter(bool_param=True)})
     assert raw == {"confidence": 0.9, "max_detections": 7, "iou": "0.3", "agnostic": True}
-    assert resolve_params(raw, DEFAULTS, NAMES) == DetectParams(conf=0.9, iou=0.3, max_det=7, agnostic=True)
+    assert resolve_params(raw, DEFAULTS, NAMES) == DetectParams(confidence=0.9, iou=0.3, max_detections=7, agnostic=True)
     with pytest.raises(RequestError, match=r"'confidence' must be in \[0, 1\], got 1.5"):
         resolve_params(grpc_parameters({"confidence": _grpc_parameter(b"\x21" + struct.pack("<d", 1.5))}),
                        DEFAULTS, NAMES)
