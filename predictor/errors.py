@@ -254,8 +254,8 @@ async def http_exception_handler(request: Any, exc: Any) -> Any:
 
     rid = request_id(request.headers)
     if exc.status_code < 500:
-        log.warning("rejected request %s (%s): %d http: %s %s", rid, _protocol_of(request.url.path),
-                    exc.status_code, request.method, _bounded(request.url.path))
+        log.warning("rejected request %s (%s): %d http: %s", rid, _protocol_of(request.url.path),
+                    exc.status_code, _bounded(str(exc.detail)))
     return JSONResponse(status_code=exc.status_code, content={"error": _bounded(str(exc.detail))},
                         headers={**(getattr(exc, "headers", None) or {}), REQUEST_ID_HEADER: rid})
 
