@@ -131,7 +131,8 @@ def default_isvc(isvc: Mapping[str, Any], profile: Profile) -> dict[str, Any]:
 def validate_isvc(new: Mapping[str, Any], old: Mapping[str, Any] | None, profile: Profile) -> None:
     """``InferenceServiceValidator.ValidateCreate/ValidateUpdate``: raises ``Refused``."""
     if old is not None:
-        if (new.get("metadata") or {}).get("deletionTimestamp"):  # V:94-96
+        # V:94-96 (0.17+) lets a deleted object's updates through; 0.16 refused its own finalizer removal (hung deletes)
+        if (new.get("metadata") or {}).get("deletionTimestamp") and profile.kserve >= (0, 17):
             return
         stored = (old.get("status") or {}).get("deploymentMode") or ""
         if stored:  # V:691-700 (0.17+ parses the stored name, K:571-586; 0.15/0.16 compare it as it is)

@@ -9,7 +9,6 @@ Ready follows KServe, and idle resyncs patch nothing. The cluster tier repeats t
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import pytest
 import yaml
