@@ -40,8 +40,10 @@ def _message(error: ApiException) -> str:
 
 class KServeController:
     def __init__(self, api_client: client.ApiClient, profile: kserve.Profile, namespace: str,
-                 interval: float = 0.3) -> None:
+                 interval: float = 0.3, report_status: bool = True) -> None:
+        """``report_status=False``: leave the status to someone who runs the pods (the e2e's LocalKubelet)."""
         self.profile, self.namespace, self.interval = profile, namespace, interval
+        self.report_status = report_status
         self.custom = client.CustomObjectsApi(api_client)
         self.core = client.CoreV1Api(api_client)
         self.apps = client.AppsV1Api(api_client)
@@ -94,6 +96,8 @@ class KServeController:
         if problem and self.errors.get(name) != problem:
             self._warn(isvc, problem)
         self.errors[name] = problem
+        if not self.report_status:
+            return
         status = kserve.status(isvc, self.profile, ready=not problem, reason="ReconcileFailed", message=problem,
                                url=f"http://{name}-{self.namespace}.example.com")
         if status != {k: (isvc.get("status") or {}).get(k) for k in status}:
@@ -144,6 +148,14 @@ class KServeController:
             obj["metadata"]["resourceVersion"] = live.metadata.resourceVersion if hasattr(
                 live.metadata, "resourceVersion") else live.metadata.resource_version
             replace(name, self.namespace, obj)
+
+    def pod_spec(self, isvc: dict[str, Any]) -> dict[str, Any] | None:
+        """The pod template of the Deployment made for ``isvc`` (None until it exists), as a plain dict."""
+        try:
+            deployment = self.apps.read_namespaced_deployment(kserve.component_name(isvc), self.namespace)
+        except ApiException:
+            return None
+        return self.apps.api_client.sanitize_for_serialization(deployment.spec.template.spec)
 
     def _pod(self, deployment: dict[str, Any]) -> None:
         """One pod of the current template, as the ReplicaSet controller would create it (old ones go)."""
