@@ -24,18 +24,12 @@ from typing import Any
 
 from kubernetes import client, dynamic
 from kubernetes.client.exceptions import ApiException
+from yolo_operator.kube import _message  # the API error's message, as the operator reads it
 
 from tests.platform import knative, kserve
 
 FINALIZER = "inferenceservice.finalizers"
 ISVC = ("serving.kserve.io", "v1beta1", "inferenceservices")
-
-
-def _message(error: ApiException) -> str:
-    try:
-        return json.loads(error.body or "{}").get("message") or str(error.body)
-    except ValueError:
-        return str(error.body)
 
 
 class KServeController:
