@@ -66,9 +66,6 @@ def normalise(spec: Mapping[str, Any] | None) -> Spec:
     return out
 
 
-with_defaults = normalise  # the name tests and tools know
-
-
 # ----- KServe's deployment modes ------------------------------------------------------------------------
 def normal_mode(name: str | None) -> str:
     """KServe >= 0.17's name for a mode (``constants.go:571-586``: RawDeployment → Standard, Serverless → Knative)."""
