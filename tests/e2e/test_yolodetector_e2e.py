@@ -149,8 +149,12 @@ def test_apply_infer_patch_delete(yolo_fixtures, kube, namespace, tmp_path):
         settings = parse_args(box["args"])
         assert settings.variant == VARIANT and settings.device == "cpu"
 
-        # 2. LocalKubelet runs the container as written: only python, ports and mounted paths differ
+        # 2. LocalKubelet runs the container of the Deployment KServe's controller made (admitted by the API
+        # server: requests within limits, ...) as written: only python, ports and mounted paths differ
         pod = kubelet.wait_ready(name)
+        template = controller.pod_spec(api.isvc(namespace, name))
+        assert template["containers"][0]["args"] == box["args"]
+        assert {e["name"] for e in template["containers"][0]["env"]} >= {"INFERENCE_SERVICE_NAME", "STORAGE_URI"}
         timings["InferenceService → predictor ready"] = time.monotonic() - t0 - timings["apply → InferenceService"]
         written = box["command"] + box["args"]
         assert len(pod.argv) == len(written)
