@@ -168,9 +168,16 @@ def _check_mode(spec: Mapping[str, Any], config: OperatorConfig, live: Mapping[s
                                                       "(KServe would make an HPA without any metric)"))
     if not serverless and metric == "memory" and target is None:  # no target, no metric (hpa_reconciler.go:130)
         problems.append(Problem("autoscaling.target", "memory scaling needs a target (average utilisation in %)"))
-    if serverless and (spec.get("rollout") or {}).get("strategy"):  # inference_service_validation.go:646-648
+    strategy = (spec.get("rollout") or {}).get("strategy") or {}
+    if serverless and strategy:  # inference_service_validation.go:646-648
         problems.append(Problem("rollout.strategy", f"only RawDeployment/Standard has a Deployment strategy; {mode} "
                                                     "rolls out Knative revisions"))
+    surge, unavailable = strategy.get("maxSurge"), strategy.get("maxUnavailable")
+    if strategy.get("type") == "Recreate" and (surge is not None or unavailable is not None):
+        problems.append(Problem("rollout.strategy", "maxSurge/maxUnavailable belong to RollingUpdate, not Recreate"))
+    elif str(surge).rstrip("%") == "0" and str(unavailable).rstrip("%") == "0":  # Kubernetes' Deployment rule
+        problems.append(Problem("rollout.strategy", "maxSurge and maxUnavailable cannot both be 0: nothing could "
+                                                    "roll out (a one-GPU detector: maxSurge 0, maxUnavailable 1)"))
     if serverless:
         for field_name, flag in c.KNATIVE_FLAGS.items():
             if spec.get(field_name) and not config.knative_enabled(flag):

@@ -267,6 +267,8 @@ def test_12_deployment_strategy_for_raw_deployments():
     assert recreate["spec"]["predictor"]["deploymentStrategy"] == {"type": "Recreate"}
     assert "rollout.strategy" in errors({"deploymentMode": "Serverless", "replicas": {"min": 0},
                                          "rollout": {"strategy": {"type": "Recreate"}}})
+    assert "rollout.strategy" in errors({"rollout": {"strategy": {"maxSurge": 0, "maxUnavailable": "0%"}}})
+    assert "rollout.strategy" in errors({"rollout": {"strategy": {"type": "Recreate", "maxSurge": 1}}})
 
 
 # issue 13 ------------------------------------------------------------------------------------------
