@@ -196,8 +196,11 @@ def _observe(kube: Kube, live: Mapping[str, Any] | None, spec: manifests.Spec,
     knative_missing, warning = False, ""
     if live is not None and status != "True":
         meta = live["metadata"]
-        knative_missing = (manifests.live_mode(live) == c.KNATIVE or manifests.is_serverless(spec)) and \
-            not kube.api_group_served(c.KNATIVE_SERVING_GROUP)
+        if manifests.live_mode(live) == c.KNATIVE or manifests.is_serverless(spec):
+            try:
+                knative_missing = not kube.api_group_served(c.KNATIVE_SERVING_GROUP)
+            except kopf.TemporaryError:  # discovery failed this time: say nothing rather than guess
+                knative_missing = False
         warning = kube.latest_warning(meta["namespace"], meta["name"])
     return ready_condition(live, previous, knative_missing=knative_missing, warning=warning)
 
