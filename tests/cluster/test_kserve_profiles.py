@@ -120,3 +120,23 @@ def test_examples_on_profile(kube, short_namespace, tmp_path: Path, profile):
         apps = client.AppsV1Api(kube.api_client())
         wait_for(lambda: not apps.list_namespaced_deployment(namespace).items, timeout=60, what="Deployments gone")
     assert "Traceback" not in operator.log_text(), operator.log_tail(120)
+
+
+def test_kserve_warnings_reach_the_detector(kube, short_namespace, tmp_path: Path):
+    """A failure only the cluster sees (a missing ServiceAccount refuses the pods): KServe's Warning event is in
+    the detector's Ready message, and Progressing says why it is stuck."""
+    namespace, profile = short_namespace, next(p for p in kserve.PROFILES if p.name == "kserve-0.20")
+    api = Api(kube.api_client())
+    install_crd(kube)
+    _wait_default_service_account(client.CoreV1Api(kube.api_client()), namespace)
+    operator = Operator(kube.kubeconfig, [namespace], log_path=tmp_path / "operator.log",
+                        resync_seconds=RESYNC_SECONDS, env=profile.operator_env())
+    with KServeWebhooks(kube.api_client(), profile, namespace), \
+            KServeController(kube.api_client(), profile, namespace), operator:
+        api.create_detector(namespace, "nosa", {"serviceAccountName": "missing"})
+        detector = wait_for(lambda: (lambda d: d if "InternalError:" in condition(d, "Ready").get("message", "")
+                                     else None)(api.detector(namespace, "nosa")),
+                            timeout=60, what=f"the Warning event in Ready\n{operator.log_tail()}")
+        assert condition(detector, "Ready")["status"] == "False"
+        assert "serviceaccount" in condition(detector, "Ready")["message"].lower()
+        assert condition(detector, "Progressing")["status"] == "True"
