@@ -552,8 +552,8 @@
 
   async function startWebcam() {
     if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
-      fail("This page cannot use a camera here: browsers allow the webcam only on https:// or http://localhost " +
-           "(open the page as http://127.0.0.1:PORT/ on the machine that runs the predictor).");
+      fail("This page cannot use a camera here: browsers allow the webcam only on secure (HTTPS) pages and on " +
+           "localhost (open the page as 127.0.0.1:PORT on the machine that runs the predictor).");
       return;
     }
     clearError();
