@@ -101,12 +101,12 @@ def coco_names(yolo_fixtures: Path) -> list[str]:
 # ----- helpers ----------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory) -> Path:
-    """A 3 s, 10 frames/s, 320x240 WebM (VP8, what OpenCV's wheel writes and every browser plays): a pan
-    across the astronaut sample."""
-    path = tmp_path_factory.mktemp("clip") / "pan.webm"
+    """A 3 s, 10 frames/s, 320x240 pan across the astronaut sample, written by the same writer as
+    `yolo-v7 detect --out` (so this test also shows that the CLI's annotated videos play in a browser)."""
+    from yolo_cli.outputs import open_video
+
+    writer, path = open_video(tmp_path_factory.mktemp("clip") / "pan", 10.0, (320, 240))
     image = cv2.imread(str(SAMPLES / "astronaut.jpg"))
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"VP80"), 10.0, (320, 240))
-    assert writer.isOpened(), "OpenCV cannot write VP8/WebM here"
     for i in range(30):
         writer.write(cv2.resize(image[40:, i * 5 : i * 5 + 360], (320, 240)))
     writer.release()
