@@ -405,3 +405,14 @@ def test_second_ctrl_c_aborts_at_once():
     stderr = process.stderr.read()
     assert process.returncode == 130, stderr
     assert "Ctrl-C again to abort" in stderr and "aborted" in stderr and "Traceback" not in stderr
+
+
+def test_video_format_mp4v_on_request(cli_server, fixture_images: Path, tmp_path: Path):
+    video = tmp_path / "clip.mp4"
+    make_video(video, fixture_images / "bus.jpg", frames=3, fps=10.0, size=(160, 120))
+    ok(run_cli("detect", video, "--url", cli_server.http_url, "--out", tmp_path / "out", "--video-format", "mp4v", "-q"))
+    capture = cv2.VideoCapture(str(tmp_path / "out" / "clip.mp4"))
+    codec = int(capture.get(cv2.CAP_PROP_FOURCC)).to_bytes(4, "little").decode("latin-1").lower()
+    count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+    capture.release()
+    assert codec in ("mp4v", "fmp4") and count == 3  # FFmpeg reports MPEG-4 part 2 as FMP4

