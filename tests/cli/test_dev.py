@@ -3,6 +3,7 @@ and says where; `make help` shows real values, not make variables."""
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 import socket
@@ -60,7 +61,14 @@ def test_dev_without_internet_serves_a_labelled_random_demo_on_localhost(tmp_pat
         page = httpx.get(url, headers={"Accept": "text/html"}, timeout=10)
         assert page.status_code == 200 and "Random weights" in page.text
         model = httpx.get(f"{url}v2/models/yolov7", timeout=10).json()
-        assert model["parameters"]["variant"] == "yolov7-tiny"
+        assert model["parameters"]["variant"] == "yolov7-tiny" and model["parameters"]["max_detections"] == 20
+        # the stand-in draws boxes (capped) on the first example photo, at the page's default threshold
+        photo = base64.b64encode((REPO_ROOT / "predictor/demo/samples/astronaut.jpg").read_bytes()).decode()
+        answer = httpx.post(f"{url}v2/models/yolov7/infer", timeout=60, json={
+            "inputs": [{"name": "images", "shape": [1], "datatype": "BYTES", "data": [photo]}],
+            "parameters": {"confidence": 0.25}}).json()
+        count = {o["name"]: o for o in answer["outputs"]}["num_detections"]["data"][0]
+        assert 0 < count <= 20
 
         other = _other_address()
         if other is not None:  # REST and gRPC listen on loopback only
