@@ -112,3 +112,23 @@ def test_hack_helm_runs_the_bundled_helm() -> None:
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("v3.")
+
+
+@pytest.mark.slow
+def test_building_the_package_gives_no_setuptools_deprecation_warnings(tmp_path: Path) -> None:
+    """`make install` builds the project with setuptools: our pyproject.toml must not make it warn (the
+    table form of `project.license` did, on every build step). Uses the installed setuptools, offline."""
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-v",
+         "-w", str(tmp_path), str(REPO_ROOT)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    warnings = [line.strip() for line in output.splitlines() if "Deprecat" in line or "BuildBackendWarning" in line]
+    assert warnings == []
+    wheel = next(tmp_path.glob("yolo_v7-*.whl"))
+    import zipfile
+
+    names = zipfile.ZipFile(wheel).namelist()
+    for sample in ("astronaut.jpg", "chelsea.jpg", "coffee.jpg", "README.md", "instances.json"):
+        assert f"predictor/demo/samples/{sample}" in names  # the image's demo page needs them
