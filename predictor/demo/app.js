@@ -16,6 +16,7 @@
   const VIDEO_EXTENSIONS = ["mp4", "m4v", "webm", "ogv", "ogg", "mov", "mkv", "avi"];
   const FRAME_QUALITY = 0.85;   // JPEG quality of captured video/webcam frames
   const RATE_WINDOW = 12;       // frames/s over the last N answers
+  const SMALL_FRAME_PX = 480;   // images narrower than this are scaled up on screen
 
   const $ = (id) => document.getElementById(id);
   const el = {
@@ -168,6 +169,8 @@
     if (el.canvas.width !== w || el.canvas.height !== h) {
       el.canvas.width = w;
       el.canvas.height = h;
+      // small frames (a 320×240 webcam or clip) are shown larger; the canvas keeps their own pixels
+      el.canvas.style.width = w < SMALL_FRAME_PX ? `min(100%, ${SMALL_FRAME_PX}px)` : "";
     }
     ctx.drawImage(bitmap, 0, 0, w, h);
     const line = Math.max(2, Math.round(Math.min(w, h) / 300));
