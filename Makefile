@@ -15,6 +15,7 @@ REGISTRY ?= quay.io
 REPO ?= yolo-v7
 WEIGHTS ?= yolov7
 PORT ?= 8080
+HOST ?= 127.0.0.1
 RELEASE ?= yolo-v7
 NAMESPACE ?= yolo-v7-system
 KUBE_CACHE ?= $(HOME)/.cache/yolo-v7/kube
@@ -24,8 +25,15 @@ STAMP := $(VENV)/.installed
 .PHONY: help install dev test test-unit test-service test-cli test-cluster test-e2e test-browser lint bench \
         weights build push deploy undeploy kube-bins browser-deps clean
 
+# variables that target descriptions mention, shown with their current values by `make help`
+HELP_VARS := PORT HOST WEIGHTS VERSION IMAGE OPERATOR_IMAGE REGISTRY REPO RELEASE NAMESPACE
+
 help: ## Show this list of targets
-	@grep -hE '^[a-z][a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-14s\033[0m %s\n", $$1, $$2}'
+	@grep -hE '^[a-z][a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | \
+	  awk -F':.*## ' -v vars='$(foreach v,$(HELP_VARS),$(v)=$($(v)))' \
+	    'BEGIN { n = split(vars, pairs, " "); for (i = 1; i <= n; i++) { split(pairs[i], kv, "="); value[kv[1]] = kv[2] } } \
+	     { text = $$2; for (name in value) gsub("\\$$\\(" name "\\)", value[name], text); \
+	       printf "  \033[1m%-14s\033[0m %s\n", $$1, text }'
 
 $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (Python 3.11 is required)"; exit 1; }
@@ -38,9 +46,8 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP) ## Create .venv with the pinned dependencies (torch 2.14.1, kserve, kopf, ...)
 
-dev: $(STAMP) ## Run the predictor on the CPU with the demo page at http://127.0.0.1:$(PORT)/ (fetches yolov7.pt first)
-	$(MAKE) --no-print-directory weights WEIGHTS=$(WEIGHTS)
-	$(PY) -m predictor --model_name yolov7 --weights weights/$(WEIGHTS).pt --device cpu --http_port $(PORT) --demo
+dev: $(STAMP) ## Demo page at http://$(HOST):$(PORT)/ on the CPU: weights/$(WEIGHTS).pt (fetched), else a labelled random-weights model
+	$(PY) -m predictor.demo.dev --weights $(WEIGHTS) --host $(HOST) --port $(PORT)
 
 weights: $(STAMP) ## Fetch official weights (WEIGHTS=yolov7|yolov7-tiny|...|all) into weights/, sha256-checked
 	$(PY) -m weights.fetch $(WEIGHTS)
