@@ -76,7 +76,8 @@ def main(argv: list[str] | None = None) -> None:
     except SettingsError as error:
         parser.error(str(error))
     weights_source = "--weights or YOLO_WEIGHTS"
-    if not settings.weights:
+    weights_given = bool(settings.weights)
+    if not weights_given:
         weights, weights_source = default_weights()
         settings = dataclasses.replace(settings, weights=weights)
     if args.workers != 1:
@@ -107,6 +108,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         model.load()
     except (FileNotFoundError, ValueError) as error:
+        if not weights_given:
+            error = f"{error} ({weights_source}: give --weights, mount a model at KServe's /mnt/models, or " \
+                    "use an image built with weights baked in)"
         log.error("cannot load the model: %s", error)
         sys.exit(f"error: {error}")
 
