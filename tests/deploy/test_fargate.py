@@ -67,10 +67,13 @@ def test_fargate_rules():
 
 
 def test_runs_the_image_defaults_on_8080():
-    """Fargate sets no PORT: the container port must be the image's default, and nothing overrides it."""
+    """Fargate sets no PORT: the ports must be the image's defaults (REST, then gRPC), and nothing overrides them."""
+    from predictor.settings import GRPC_PORT, HTTP_PORT
+
     [container] = task()["containerDefinitions"]
     assert "command" not in container and "entryPoint" not in container
-    assert [p["containerPort"] for p in container["portMappings"]] == [8080]
+    ports = {p["appProtocol"]: p["containerPort"] for p in container["portMappings"]}
+    assert ports == {"http": HTTP_PORT, "grpc": GRPC_PORT}
     assert "PORT" not in {e["name"] for e in container.get("environment", [])}
     assert container["image"].endswith("/yolo-v7:1.0.0-cpu")
 

@@ -53,6 +53,7 @@ def test_starts_with_no_arguments_and_answers_v2(platform, tiny, bus, tmp_path):
             expected_port = int(platform_env.get("PORT", DEFAULT_PORT))
             assert image.port == expected_port
             assert f"REST port {expected_port} ({port_source}), gRPC port 8081" in log
+            assert image.grpc_ready(8081) == "ready"  # gRPC on its own port, where the platform allows two
         assert image.process.poll() is None
     # read-only everywhere but /tmp: nothing was (or could be) written to HOME or the working directory
     assert list((tmp_path / platform / "home").iterdir()) == []

@@ -89,6 +89,16 @@ print(json.dumps({"ready_at": ready_at, "answers": answers}))
 """
 
 
+# gRPC v2 ModelReady on the given port, from inside the namespace; prints "ready" / the error.
+GRPC_READY = r"""
+import sys, grpc
+from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb, grpc_predict_v2_pb2_grpc as pb_grpc
+with grpc.insecure_channel(f"127.0.0.1:{sys.argv[1]}") as channel:
+    reply = pb_grpc.GRPCInferenceServiceStub(channel).ModelReady(pb.ModelReadyRequest(name=sys.argv[2]), timeout=30)
+print("ready" if reply.ready else "not ready")
+"""
+
+
 def _interpreter_hidden() -> bool:
     """Whether this venv's interpreter lies where other UIDs cannot reach it (e.g. pyenv under a 0700 /root)."""
     real = Path(os.path.realpath(sys.executable))
@@ -144,6 +154,12 @@ class ImageRun:
         answers = [Answer(a["status"], a["content_type"], base64.b64decode(a["body_b64"]), a["start"], a["end"])
                    for a in data["answers"]]
         return ClientResult(data["ready_at"], answers)
+
+    def grpc_ready(self, port: int, model: str = "yolov7") -> str:
+        """Ask gRPC v2 ``ModelReady`` on ``port`` (in the namespace): ``"ready"``, or why not."""
+        proc = self.in_namespace([sys.executable, "-c", GRPC_READY, str(port), model], timeout=120,
+                                 env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+        return proc.stdout.decode().strip() or proc.stderr.decode(errors="replace")[-500:]
 
     def status_field(self, name: str) -> int:
         """A ``/proc/<pid>/status`` memory field in bytes (``VmRSS``, ``VmHWM``)."""
