@@ -39,6 +39,7 @@ from typing import Any
 
 from tests.tools.dockerfile import Dockerfile
 from tests.tools.ports import free_port
+from tests.tools.predictor_server import _stop  # SIGTERM, then SIGKILL after the grace period
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 IMAGE_VENV_BIN = "/opt/yolo-v7/venv/bin"
@@ -209,16 +210,6 @@ def _read_only_dir(path: Path) -> Path:
     return path
 
 
-def _stop(process: subprocess.Popen, grace: float = 15.0) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-
-
 @contextlib.contextmanager
 def run_image(*, platform_env: Mapping[str, str], uid: int, weights: Path, workdir: Path,
               dockerfile: Dockerfile | None = None, build_args: Mapping[str, str] | None = None
@@ -268,6 +259,6 @@ def run_image(*, platform_env: Mapping[str, str], uid: int, weights: Path, workd
         yield run
         ok = True
     finally:
-        _stop(process)
+        _stop(process, grace=15.0)
         if not ok:
             sys.stderr.write(f"\n----- predictor log ({log_path}) -----\n{run.log_text()[-6000:]}\n-----\n")
