@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import pytest
 
-from tests.deploy.conftest import load
-from tests.platform.knative import check_service, features_with
+from tests.deploy.conftest import knative, load
 
 FILES = ("cloud-run/service.yaml", "cloud-run/service-gpu.yaml")
 RESERVED_ENV = {"PORT", "K_SERVICE", "K_REVISION", "K_CONFIGURATION"}
 GIB = 1024**3
+
 
 
 def _memory(text: str) -> int:
@@ -76,8 +76,8 @@ def test_cloud_run_rules_catch_a_reserved_port_variable():
 @pytest.mark.parametrize("path", FILES)
 def test_knative_admits_it(path):
     """Knative's own validation; Cloud Run enables the node selector its GPU services use."""
-    features = features_with({"kubernetes.podspec-nodeselector": "enabled"}) if "gpu" in path else None
-    assert check_service(load(path), features) == []
+    features = knative().features_with({"kubernetes.podspec-nodeselector": "enabled"}) if "gpu" in path else None
+    assert knative().check_service(load(path), features) == []
 
 
 @pytest.mark.parametrize(("path", "tag"), [(FILES[0], "1.0.0-cpu"), (FILES[1], "1.0.0")])

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import copy
 
-from tests.deploy.conftest import load
-from tests.platform.knative import check_service
+from tests.deploy.conftest import knative, load
 from tests.tools.restricted import restricted_v2_problems
 
 
@@ -15,17 +14,17 @@ def service() -> dict:
 
 
 def test_stock_knative_admits_it():
-    assert check_service(service()) == []
+    assert knative().check_service(service()) == []
 
 
 def test_the_check_is_not_vacuous():
     """Two ports (gRPC beside REST) or a hostPath are what stock Knative refuses; the check must say so."""
     two_ports = copy.deepcopy(service())
     two_ports["spec"]["template"]["spec"]["containers"][0]["ports"].append({"name": "h2c", "containerPort": 8081})
-    assert check_service(two_ports)
+    assert knative().check_service(two_ports)
     host_path = copy.deepcopy(service())
     host_path["spec"]["template"]["spec"]["volumes"] = [{"name": "tmp", "hostPath": {"path": "/tmp"}}]
-    assert check_service(host_path)
+    assert knative().check_service(host_path)
 
 
 def test_restricted_v2_admits_its_pod():
