@@ -18,8 +18,8 @@ There is no container daemon here; what a platform does to the image is reproduc
   current user, with ``PORT`` set to a free port.
 
     with run_image(platform_env={"PORT": "8080"}, uid=1001, weights=fixture, workdir=tmp_path) as image:
-        answer = image.client(first_answer(bus_jpg))      # waits for ready, then one v2 request
-        image.rss_bytes()
+        result = image.client([v2_infer(bus_jpg)])   # waits for ready, then sends the requests in order
+        result.ready_at - image.started_at, result.answers[0].json(), image.rss_bytes()
 """
 
 from __future__ import annotations
