@@ -24,7 +24,7 @@ GIL_SWITCH_INTERVAL_S = 0.0001
 def build_parser() -> argparse.ArgumentParser:
     from kserve import model_server
 
-    from predictor.settings import PredictorSettings
+    from predictor.settings import GRPC_PORT, HTTP_PORT, PORT_ENV, PredictorSettings
 
     parser = argparse.ArgumentParser(
         prog="python -m predictor",
@@ -35,6 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
     # Ours by default; KServe's is "model". None = follow --max_request_bytes; ports: see serving_ports.
     parser.set_defaults(model_name=DEFAULT_MODEL_NAME, grpc_max_receive_message_length=None,
                         http_port=None, grpc_port=None)
+    port_help = {
+        "http_port": f"REST port (default: ${PORT_ENV} when set, as Cloud Run and Knative do, else {HTTP_PORT})",
+        "grpc_port": f"gRPC port (default: {GRPC_PORT}, or the REST port + 1 when the REST port is {GRPC_PORT})",
+    }
+    for action in parser._actions:
+        action.help = port_help.get(action.dest, action.help)
     return parser
 
 

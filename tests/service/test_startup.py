@@ -23,6 +23,7 @@ def test_help_lists_kserve_and_predictor_options():
     for flag in ("--model_name", "--http_port", "--grpc_port", "--weights", "--max_batch_size", "--max_request_bytes",
                  "YOLO_MAX_BATCH_SIZE"):
         assert flag in result.stdout, flag
+    assert "default: $PORT when set" in " ".join(result.stdout.split())
 
 
 @pytest.mark.parametrize(
