@@ -11,6 +11,7 @@ here come first and therefore win for the same path. What is added, and why:
   which fails for images) and the JSON answer leaves out ``null`` fields (``"model_version": null`` breaks
   the protocol's schema) and is serialised by orjson;
 * ``GET /v2/models/{name}``: KServe's metadata plus ``parameters`` (variant, class names, defaults);
+* ``GET /model-card``: MODEL_CARD.md (:mod:`predictor.model_card`), linked from the model metadata;
 * the demo page (``--demo``), from ``predictor.demo``.
 """
 
@@ -26,6 +27,7 @@ from kserve.protocol.infer_type import InferRequest
 from kserve.protocol.rest.v2_datamodels import InferenceRequest
 from pydantic import ValidationError
 
+from predictor import model_card
 from predictor.errors import (
     PayloadTooLarge,
     RequestError,
@@ -213,13 +215,14 @@ def install(app: FastAPI, server: Any, *, model: Any, max_request_bytes: int, de
         registered = server.dataplane.get_model_from_registry(model_name)
         if getattr(registered, "ready", False) and hasattr(registered, "describe"):
             metadata["platform"] = "pytorch"
-            metadata["parameters"] = registered.describe()
+            metadata["parameters"] = {**registered.describe(), "model_card": model_card.MODEL_CARD_ROUTE}
         return metadata
 
     app.router.add_api_route("/v2/models/{model_name}/infer", infer, methods=["POST"], response_model=None,
                              tags=["V2"])
     app.router.add_api_route("/v2/models/{model_name}", model_metadata, methods=["GET"], response_model=None,
                              tags=["V2"])
+    model_card.mount(app)
     if demo:
         from predictor.demo import mount
 

@@ -23,7 +23,15 @@ from .common import (
     warn,
 )
 from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, CliError
-from .outputs import AnnotatedWriter, CocoWriter, ImageIds, JsonlWriter, category_mapper, default_category_map
+from .outputs import (
+    VIDEO_FORMATS,
+    AnnotatedWriter,
+    CocoWriter,
+    ImageIds,
+    JsonlWriter,
+    category_mapper,
+    default_category_map,
+)
 from .sources import count_frames, expand, iter_frames
 
 
@@ -38,6 +46,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="image file, folder, glob ('photos/*.jpg'), video file (.mp4, .avi, ...) or camera index")
     outputs = parser.add_argument_group("outputs (at least one; with none, JSON Lines go to stdout)")
     outputs.add_argument("--out", type=Path, help="folder for annotated images and videos")
+    outputs.add_argument("--video-format", choices=tuple(VIDEO_FORMATS), default="browser",
+                         help="annotated videos: 'browser' (default: H.264 MP4 when this OpenCV can write it, "
+                         "else VP8 WebM; both play in browsers) or 'mp4v' (faster to write; players such as "
+                         "VLC only)")
     outputs.add_argument("--jsonl", metavar="PATH", help="detections as JSON Lines, one line per image/frame ('-' = stdout)")
     outputs.add_argument("--coco", metavar="PATH", help="detections as a COCO results JSON (needs image ids)")
     outputs.add_argument("--annotations", metavar="JSON",
@@ -93,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
             mode = args.category_map or default_category_map(client.names)
             coco = CocoWriter(args.coco, image_ids, category_mapper(mode, client.names, annotations))
         if args.out:
-            writers.append(AnnotatedWriter(args.out))
+            writers.append(AnnotatedWriter(args.out, args.video_format))
         if args.jsonl:
             writers.append(JsonlWriter(args.jsonl))
         if coco is not None:
