@@ -218,10 +218,14 @@ def filter_native_stderr() -> None:
 
     sys.stdout.flush()
     sys.stderr.flush()
-    child = subprocess.Popen(
-        [sys.executable, "-c", _STDERR_FILTER, DECODER_CHATTER.pattern.decode("latin-1")],
-        stdin=subprocess.PIPE, stdout=2, stderr=subprocess.DEVNULL, close_fds=True,
-    )
+    try:
+        child = subprocess.Popen(
+            [sys.executable, "-c", _STDERR_FILTER, DECODER_CHATTER.pattern.decode("latin-1")],
+            stdin=subprocess.PIPE, stdout=2, stderr=subprocess.DEVNULL, close_fds=True,
+        )
+    except OSError as error:  # serve anyway, with the decoders' lines
+        log.warning("cannot filter the image decoders' stderr lines: %s", error)
+        return
     os.dup2(child.stdin.fileno(), 2)
     child.stdin.close()
 
