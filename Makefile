@@ -19,10 +19,11 @@ HOST ?= 127.0.0.1
 RELEASE ?= yolo-v7
 NAMESPACE ?= yolo-v7-system
 KUBE_CACHE ?= $(HOME)/.cache/yolo-v7/kube
+FUZZ_EXAMPLES ?= 1000
 
 STAMP := $(VENV)/.installed
 
-.PHONY: help install dev test test-unit test-service test-cli test-cluster test-e2e test-browser lint bench \
+.PHONY: help install dev test test-unit test-service test-cli test-cluster test-e2e test-browser lint bench fuzz \
         weights build push deploy undeploy kube-bins browser-deps clean
 
 # variables that target descriptions mention, shown with their current values by `make help`
@@ -75,6 +76,9 @@ test-cluster: $(STAMP) kube-bins ## Run operator and chart tests against a local
 
 test-e2e: $(STAMP) kube-bins ## Run the end-to-end test (kubectl apply -> real inference answer)
 	$(PY) -m pytest tests/e2e -q
+
+fuzz: $(STAMP) ## Run the fuzz tier long (hostile requests and checkpoints; FUZZ_EXAMPLES=1000 per test)
+	YOLO_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest tests/fuzz -q -s
 
 test-browser: $(STAMP) browser-deps ## Run the demo page test in headless Chromium
 	$(PY) -m pytest tests/browser -q

@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     from kserve.logging import configure_logging
     from kserve.logging import logger as kserve_logger
 
+    from predictor.errors import filter_native_stderr
     from predictor.model_card import MODEL_CARD_ROUTE
     from predictor.server import install
     from predictor.service import YoloV7Model
@@ -98,6 +99,7 @@ def main(argv: list[str] | None = None) -> None:
 
     if not settings.request_logs:
         quiet_request_logs()
+    filter_native_stderr()  # one log line per rejected image, not one more from libpng/libjpeg
 
     # KServe's GRPCServer reads its message limits from kserve.model_server.args (parsed at import).
     grpc_receive = args.grpc_max_receive_message_length

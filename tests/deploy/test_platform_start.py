@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from predictor import codec
+from predictor import wire
 from tests.deploy.conftest import PLATFORMS, load
 from tests.tools.container_run import DEFAULT_PORT, REPO_ROOT, request, run_image, v2_infer
 
@@ -37,7 +37,7 @@ def test_starts_with_no_arguments_and_answers_v2(platform, tiny, bus, tmp_path):
 
         assert infer.status == 200, infer.body[:500]
         outputs = {o["name"]: o for o in infer.json()["outputs"]}
-        assert list(outputs) == [name for name, _, _ in codec.V2_OUTPUTS]
+        assert list(outputs) == [name for name, _, _ in wire.V2_OUTPUTS]
         [count] = outputs["num_detections"]["data"]
         assert outputs["detection_boxes"]["shape"] == [1, count, 4]
 

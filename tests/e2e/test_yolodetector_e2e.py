@@ -183,12 +183,12 @@ def test_apply_infer_patch_delete(yolo_fixtures, kube, namespace, tmp_path):
         assert pod.url in table and "True" in table, table
 
         # 4. a real v2 inference answer equals the Detector's own, at the served thresholds
-        from predictor import codec
         from predictor.engine import Detector
+        from predictor.images import decode_image
         from predictor.settings import DetectParams
 
         reference = Detector.from_weights(checkpoint, device="cpu", input_size=settings.input_size or None)
-        rgb = codec.decode_image(image, settings.max_image_pixels)
+        rgb = decode_image(image, settings.max_image_pixels)
 
         def expected(conf: float):
             [found] = reference.detect([rgb], DetectParams(confidence=conf, iou=settings.iou_threshold,

@@ -7,7 +7,7 @@ import base64
 import httpx
 import numpy as np
 
-from predictor import codec
+from predictor.images import decode_image
 from tests.tools.predictor_server import PredictorServer
 
 INPUT_SIZE = 320
@@ -23,7 +23,7 @@ def b64(data: bytes) -> str:
 
 
 def decode(data: bytes) -> np.ndarray:
-    return codec.decode_image(data, MAX_IMAGE_PIXELS)
+    return decode_image(data, MAX_IMAGE_PIXELS)
 
 
 def direct(detector, image: np.ndarray, *, confidence: float = DEFAULT_CONF, **params):

@@ -46,11 +46,13 @@ def _found(reference, candidate, min_score: float = 0.2, min_iou: float = 0.7) -
 def test_gpu_pipeline(tiny_weights, images):
     from prometheus_client import CollectorRegistry
 
-    from predictor.codec import Limits, RequestError, decode_image
     from predictor.engine import Detector
+    from predictor.errors import RequestError
+    from predictor.images import decode_image
     from predictor.metrics import service_metrics
     from predictor.pipeline import DetectionPipeline
     from predictor.settings import DetectParams
+    from predictor.wire import Limits
 
     detector = Detector.from_weights(tiny_weights, device="cuda")
     assert detector.precision == "fp16"
@@ -141,11 +143,11 @@ def test_tensor_decode_path_on_the_cpu(tiny_weights, images):
     sizes, order, a PNG mixed in, and an undecodable JPEG failing alone."""
     from prometheus_client import CollectorRegistry
 
-    from predictor.codec import Limits
     from predictor.engine import Detector
     from predictor.metrics import service_metrics
     from predictor.pipeline import DetectionPipeline
     from predictor.settings import DetectParams
+    from predictor.wire import Limits
 
     detector = Detector.from_weights(tiny_weights, device="cpu", input_size=320)
     p = DetectionPipeline(detector, limits=Limits(64, 40_000_000, 32 << 20), max_batch_size=8,

@@ -246,7 +246,7 @@ class _FakePipeline:
     """Stands in for DetectionPipeline: ``prepare`` parks until ``go`` is set, then succeeds or fails."""
 
     def __init__(self):
-        from predictor.codec import Limits
+        from predictor.wire import Limits
 
         self.limits = Limits(16, 1_000_000, 1 << 20)
         self.go = asyncio.Event()
@@ -257,7 +257,7 @@ class _FakePipeline:
         self.entered += 1
         await self.go.wait()
         if self.fail:
-            from predictor.codec import RequestError
+            from predictor.errors import RequestError
 
             raise RequestError("image 0: corrupt", "decode")
         return [object() for _ in sources]
@@ -300,7 +300,7 @@ async def _until(condition, timeout: float = 5.0) -> None:
 
 
 async def test_service_admission_refuses_releases_on_success_failure_and_cancel():
-    from predictor.codec import Overloaded, RequestError
+    from predictor.errors import Overloaded, RequestError
 
     model = _model(3)
     pipeline = model.pipeline

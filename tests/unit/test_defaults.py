@@ -1,5 +1,5 @@
 """Every default and enumeration has one source (``predictor.settings``, ``predictor.yolov7.names``): the
-copies that used to be written by hand in the engine, ops, codec, CLI and operator now read it."""
+copies that used to be written by hand in the engine, ops, params, CLI and operator now read it."""
 
 from __future__ import annotations
 
@@ -35,16 +35,16 @@ def test_detect_params_default_to_the_predictor_settings():
 
 
 def test_one_name_per_quantity_from_the_wire_to_the_nms():
-    from predictor import codec, ops
+    from predictor import ops, params
     from predictor.engine import Detector
 
     names = [field.name for field in dataclasses.fields(DetectParams)]
     assert names == ["confidence", "iou", "max_detections", "classes", "agnostic"]
     # the request parameters are the same names, read over the defaults
     raw = {"confidence": 0.5, "iou": 0.3, "max_detections": 7, "classes": "1", "agnostic": True}
-    resolved = codec.resolve_params(raw, DetectParams(), ["a", "b"])
+    resolved = params.resolve_params(raw, DetectParams(), ["a", "b"])
     assert dataclasses.asdict(resolved) == {**raw, "classes": (1,)}
-    assert codec.resolve_params({}, DetectParams(), ["a"]) == DetectParams()
+    assert params.resolve_params({}, DetectParams(), ["a"]) == DetectParams()
     # the engine and the NMS take DetectParams whole, with no threshold defaults of their own
     for function in (Detector.detect, Detector.postprocess):
         assert inspect.signature(function).parameters["params"].default == DetectParams()

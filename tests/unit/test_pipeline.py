@@ -15,12 +15,13 @@ from prometheus_client import CollectorRegistry
 from test_engine import TinyHead  # same folder
 from test_letterbox_parity import official_scale_coords
 
-from predictor import codec
-from predictor.codec import Limits, RequestError
 from predictor.engine import Detector
+from predictor.errors import RequestError
+from predictor.images import decode_image
 from predictor.metrics import service_metrics
 from predictor.pipeline import DetectionPipeline, PreparedImage
 from predictor.settings import DetectParams
+from predictor.wire import Limits
 from tests.tools.nms import per_image_nms
 
 LIMITS = Limits(max_images=16, max_pixels=4_000_000, max_bytes=8 << 20)
@@ -220,7 +221,7 @@ def test_served_boxes_on_a_non_square_image_equal_the_official_evaluation(yolo_f
             await pipeline.close()
 
     [served] = asyncio.run(run())
-    decoded = codec.decode_image(_encode(image), LIMITS.max_pixels)
+    decoded = decode_image(_encode(image), LIMITS.max_pixels)
     letterboxed, geometry = detector.letterbox(decoded)
     assert geometry.pad == (0.0, 107.0)
     raw = detector.forward(torch.from_numpy(letterboxed).permute(2, 0, 1)[None].float() / 255)
