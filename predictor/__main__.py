@@ -70,9 +70,9 @@ def main(argv: list[str] | None = None) -> None:
     from kserve.logging import logger as kserve_logger
 
     from predictor.errors import filter_native_stderr
+    from predictor.model import YoloV7Model
     from predictor.model_card import MODEL_CARD_ROUTE
-    from predictor.server import install
-    from predictor.service import YoloV7Model
+    from predictor.rest import install
     from predictor.settings import PredictorSettings, SettingsError, default_weights, serving_ports
 
     parser = build_parser()

@@ -39,13 +39,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from predictor import codec
+from predictor import images
 from predictor.batching import DynamicBatcher
-from predictor.codec import ImageSource, Limits
 from predictor.engine import Detections, Detector
 from predictor.metrics import ServiceMetrics
 from predictor.ops import LetterboxGeometry
 from predictor.settings import DetectParams
+from predictor.wire import ImageSource, Limits
 
 __all__ = ["DetectionPipeline", "PreparedImage"]
 
@@ -154,8 +154,8 @@ class DetectionPipeline:
     # ----- thread pool side -------------------------------------------------------------------------
     def _prepare_one(self, source: ImageSource, params: DetectParams, where: str) -> PreparedImage:
         if isinstance(source, bytes) and self.gpu_decode:
-            info = codec.probe_image(source, where)
-            codec.check_pixels(info.width, info.height, self.limits.max_pixels, where)
+            info = images.probe_image(source, where)
+            images.check_dimensions(info.width, info.height, self.limits.max_pixels, where)
             if info.format == "jpeg" and info.orientation == 1:  # nvJPEG ignores EXIF orientation
                 # a writable copy, made here in the pool: torch.frombuffer then wraps it as it is
                 return PreparedImage(params=params, jpeg=bytearray(source), where=where)
@@ -171,11 +171,11 @@ class DetectionPipeline:
         on return."""
         if isinstance(source, bytes):
             start = time.perf_counter()
-            image = codec.decode_image(source, self.limits.max_pixels, where)
+            image = images.decode_image(source, self.limits.max_pixels, where)
             timings["decode"] = time.perf_counter() - start
             self.metrics.stage.labels("decode").observe(timings["decode"])
         else:
-            image = codec.check_pixel_array(source, self.limits.max_pixels, where)
+            image = images.check_pixel_array(source, self.limits.max_pixels, where)
         start = time.perf_counter()
         letterboxed = self.detector.letterbox(image, where)
         timings["preprocess"] = time.perf_counter() - start

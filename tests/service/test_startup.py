@@ -50,7 +50,7 @@ def test_missing_weights_and_bad_settings_are_named():
 
 
 def test_weights_directory_with_one_checkpoint_resolves(tmp_path: Path, tiny_weights: Path):
-    from predictor.service import resolve_weights
+    from predictor.model import resolve_weights
 
     shutil.copy(tiny_weights, tmp_path / "model.pt")
     (tmp_path / "notes.txt").write_text("x")

@@ -270,7 +270,7 @@ def _model(limit: int):
     from prometheus_client import CollectorRegistry
 
     from predictor.metrics import service_metrics
-    from predictor.service import YoloV7Model
+    from predictor.model import YoloV7Model
     from predictor.settings import DetectParams, PredictorSettings
 
     model = YoloV7Model("m", PredictorSettings(max_queued_images=limit))
@@ -336,7 +336,7 @@ async def test_service_admission_refuses_releases_on_success_failure_and_cancel(
 
 
 def test_warmup_batch_sizes_per_acceleration():
-    from predictor.service import warmup_batch_sizes
+    from predictor.model import warmup_batch_sizes
 
     assert warmup_batch_sizes("eager", "cpu", 32) == [1]
     assert warmup_batch_sizes("cudagraph", "cuda", 8) == list(range(1, 9))

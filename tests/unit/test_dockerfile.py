@@ -301,7 +301,7 @@ def test_operator_target_installs_the_operator_and_settings_only(df, tmp_path):
 def test_predictor_target_installs_the_whole_predictor(df, tmp_path):
     context = _stage_context(df, "predictor-build", tmp_path / "ctx")
     files = _wheel_files(context, tmp_path)
-    for module in ("predictor/__main__.py", "predictor/settings.py", "predictor/service.py",
+    for module in ("predictor/__main__.py", "predictor/settings.py", "predictor/model.py",
                    "predictor/model_card.py"):
         if (ROOT / module).is_file():
             assert module in files, module
