@@ -65,9 +65,13 @@ class Kube:
     # ----- what the cluster tells about an InferenceService beyond its status ----------------------------
     def api_group_served(self, group: str) -> bool:
         """Whether the API server serves ``group`` (discovery, open to every authenticated user)."""
+        return bool(self.served_versions(group))
+
+    def served_versions(self, group: str) -> list[str]:
+        """The versions of ``group`` the API server serves ([] = not at all)."""
         with _classified("discover API groups"):
             found = self.apis.get_api_versions(_request_timeout=REQUEST_TIMEOUT)
-        return any(item.name == group for item in found.groups or [])
+        return [v.version for item in found.groups or [] if item.name == group for v in item.versions or []]
 
     def latest_warning(self, namespace: str, name: str) -> str:
         """KServe's latest Warning event about the InferenceService ('' for none, or without the RBAC to read)."""
@@ -107,6 +111,31 @@ class Kube:
         with _classified(f"patch InferenceService {namespace}/{name}"):
             return self.custom.patch_namespaced_custom_object(
                 c.ISVC_GROUP, c.ISVC_VERSION, namespace, c.ISVC_PLURAL, name, dict(patch), _request_timeout=REQUEST_TIMEOUT)
+
+    # ----- companions: PodMonitor, PodDisruptionBudget, NetworkPolicy (any group, by REST path) ----------------
+    def get_object(self, kind: Any, namespace: str, name: str) -> dict[str, Any] | None:
+        return self._get_or_none(kind.group, kind.version, kind.plural, namespace, name)
+
+    def create_object(self, kind: Any, body: Mapping[str, Any]) -> dict[str, Any]:
+        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        with _classified(f"create {kind.kind} {namespace}/{name}"):
+            return self.custom.create_namespaced_custom_object(
+                kind.group, kind.version, namespace, kind.plural, dict(body), _request_timeout=REQUEST_TIMEOUT)
+
+    def patch_object(self, kind: Any, namespace: str, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:
+        """JSON merge patch (None values delete fields)."""
+        with _classified(f"patch {kind.kind} {namespace}/{name}"):
+            return self.custom.patch_namespaced_custom_object(
+                kind.group, kind.version, namespace, kind.plural, name, dict(patch), _request_timeout=REQUEST_TIMEOUT)
+
+    def delete_object(self, kind: Any, namespace: str, name: str) -> None:
+        with _classified(f"delete {kind.kind} {namespace}/{name}"):
+            try:
+                self.custom.delete_namespaced_custom_object(kind.group, kind.version, namespace, kind.plural, name,
+                                                            _request_timeout=REQUEST_TIMEOUT)
+            except ApiException as error:
+                if error.status != 404:
+                    raise
 
     # ----- YoloDetectors ----------------------------------------------------------------------------
     def get_detector(self, namespace: str, name: str) -> dict[str, Any] | None:
