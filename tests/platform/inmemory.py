@@ -72,7 +72,7 @@ class InMemoryKServe:
         self.warnings: dict[tuple[str, str], str] = {}
         # companions (PodMonitor, PDB, NetworkPolicy) by (plural, namespace, name); groups served beyond the core
         self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
-        self.groups: dict[str, list[str]] = {"policy": ["v1"], "networking.k8s.io": ["v1"]}
+        self.groups: dict[str, list[str]] = {"policy": ["v1"], "networking.k8s.io": ["v1"], "keda.sh": ["v1alpha1"]}
 
     # --- the operator's Kube interface ---
     def get_isvc(self, namespace: str, name: str) -> dict[str, Any] | None:
