@@ -137,8 +137,8 @@ class OperatorConfig:
     kserve_mode_names: str = "auto"
     # Namespaces every detector's NetworkPolicy admits besides its own and spec.access.namespaces.
     caller_namespaces: tuple[str, ...] = DEFAULT_CALLER_NAMESPACES
-    # Port of the operator's Prometheus /metrics (0 = off).
-    metrics_port: int = 9090
+    # Port of the operator's Prometheus /metrics (0 = off; the chart sets metricsPort).
+    metrics_port: int = 0
 
     def knative_enabled(self, flag: str) -> bool:
         return flag in self.knative_features

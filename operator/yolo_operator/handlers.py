@@ -308,7 +308,10 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.
     settings.execution.max_workers = 8
     memo.kube = Kube(api_client())
     if memo.config.metrics_port:
-        operator_metrics().serve(memo.config.metrics_port)
+        try:
+            operator_metrics().serve(memo.config.metrics_port)
+        except OSError as error:  # a taken port must not stop the operator: it still reconciles
+            logger.warning(f"cannot serve /metrics on port {memo.config.metrics_port}: {error}")
     logger.info(f"yolo-v7 operator: image {memo.config.image}, namespaces "
                 f"{','.join(memo.config.namespaces) or '(all)'}")
 
