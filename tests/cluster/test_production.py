@@ -14,7 +14,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from tests.cluster.helpers import ROOT, Api, Operator, condition, install_crd, wait_for
+from tests.cluster.helpers import ROOT, Operator, condition, wait_for
 from tests.tools.ports import free_port
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
@@ -22,12 +22,6 @@ pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
 CRDS = ROOT / "tests" / "platform" / "crds"
 PODMONITORS, SCALEDOBJECTS = "podmonitors.monitoring.coreos.com", "scaledobjects.keda.sh"
 RESYNC_SECONDS = 2
-
-
-@pytest.fixture
-def api(kube) -> Api:
-    install_crd(kube)
-    return Api(kube.api_client())
 
 
 @pytest.fixture
