@@ -1,8 +1,9 @@
 """Pure builders for what the operator makes beside each InferenceService: PodMonitor, PodDisruptionBudget,
 NetworkPolicy. No I/O; the handlers create, patch and delete them (``handlers.apply_companions``).
 
-Each one selects the detector's predictor pods as KServe labels them (``serving.kserve.io/inferenceservice=<name>``,
-constants.go:61, and ``component=predictor``, deployment_reconciler.go:146), carries the operator's labels and is
+Each one selects the detector's predictor pods as KServe labels them in every mode
+(``serving.kserve.io/inferenceservice=<name>`` and ``component=predictor``: predictor.go:509-510, constants.go:61,
+403), carries the operator's labels and is
 owned by the YoloDetector, so that the garbage collector deletes it with the detector.
 """
 

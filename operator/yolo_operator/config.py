@@ -53,8 +53,8 @@ KNATIVE_STARTUP_PROBE_VERSION = (1, 15)
 DEFAULT_KNATIVE_VERSION = "1.10"  # the oldest supported: no startupProbe unless told otherwise
 
 # ----- what the operator makes besides the InferenceService (issue 16) -----------------------------------
-# KServe labels every predictor pod with its InferenceService's name (constants.go:61) and the component
-# (deployment_reconciler.go:146); the PodMonitor, PodDisruptionBudget and NetworkPolicy select on both.
+# KServe labels every predictor pod, in both modes, with its InferenceService's name and the component
+# (predictor.go:509-510; constants.go:61, 403); the PodMonitor, PodDisruptionBudget and NetworkPolicy select on both.
 ISVC_POD_LABEL = f"{ISVC_GROUP}/inferenceservice"
 COMPONENT_LABEL, PREDICTOR_COMPONENT = "component", "predictor"
 # KServe's autoscaler class annotation (constants.go:118) and its KEDA class (constants.go:253, allowed list :277-282).

@@ -147,8 +147,8 @@ def apply_companions(kube: Kube, config: OperatorConfig, body: Mapping[str, Any]
             continue
         kopf.append_owner_reference(desired, owner=body)  # type: ignore[arg-type]
         if live is None:
-            kube.create_object(kind, desired)
-            post_normal(body, "Created", f"{kind.kind} {object_name} created")
+            if kube.create_object(kind, desired) is not None:  # None: a concurrent reconcile was first
+                post_normal(body, "Created", f"{kind.kind} {object_name} created")
         elif manifests.differs({"metadata": {"labels": desired["metadata"]["labels"]}, "spec": desired["spec"]}, live) \
                 or _spec_has_extra(desired["spec"], live.get("spec") or {}):
             kube.patch_object(kind, namespace, object_name, {
@@ -253,10 +253,15 @@ def reconcile(kube: Kube, config: OperatorConfig, body: Mapping[str, Any],
             try:
                 live = apply(kube, desired, live, logger, owner_labels=meta.get("labels") or {}, owner=body)
                 ready = _observe(kube, live, spec, previous)
-                apply_companions(kube, config, body, spec, logger)
             except (kopf.PermanentError, kopf.TemporaryError) as error:
                 ready = condition(READY, "False", "ApplyFailed", str(error), previous)
                 failure = error
+            else:
+                try:  # a companion that fails leaves the InferenceService's account alone: logged, retried
+                    apply_companions(kube, config, body, spec, logger)
+                except (kopf.PermanentError, kopf.TemporaryError) as error:
+                    logger.warning(f"{error} (retried)")
+                    failure = kopf.TemporaryError(str(error), delay=30)
 
     status["conditions"] = [valid, ready, progressing_condition(ready, previous)]
     before = next((p for p in previous if p.get("type") == READY), {})

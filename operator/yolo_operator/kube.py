@@ -116,11 +116,17 @@ class Kube:
     def get_object(self, kind: Any, namespace: str, name: str) -> dict[str, Any] | None:
         return self._get_or_none(kind.group, kind.version, kind.plural, namespace, name)
 
-    def create_object(self, kind: Any, body: Mapping[str, Any]) -> dict[str, Any]:
+    def create_object(self, kind: Any, body: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Create; None when it already exists (409: a concurrent reconcile, e.g. on the InferenceService's event)."""
         namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
         with _classified(f"create {kind.kind} {namespace}/{name}"):
-            return self.custom.create_namespaced_custom_object(
-                kind.group, kind.version, namespace, kind.plural, dict(body), _request_timeout=REQUEST_TIMEOUT)
+            try:
+                return self.custom.create_namespaced_custom_object(
+                    kind.group, kind.version, namespace, kind.plural, dict(body), _request_timeout=REQUEST_TIMEOUT)
+            except ApiException as error:
+                if error.status == 409:
+                    return None
+                raise
 
     def patch_object(self, kind: Any, namespace: str, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:
         """JSON merge patch (None values delete fields)."""

@@ -8,13 +8,14 @@ The PodMonitor and ScaledObject CRDs are stand-ins (tests/platform/crds/), insta
 
 from __future__ import annotations
 
+import time
 import urllib.request
 
 import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from tests.cluster.helpers import ROOT, Operator, condition, wait_for
+from tests.cluster.helpers import ROOT, Operator, condition, pretend_kserve_marks_ready, wait_for
 from tests.tools.ports import free_port
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
@@ -74,6 +75,10 @@ def test_companions_created_owned_validated_and_garbage_collected(kube, api, nam
         api.detector(namespace, "prod")), what="Valid")
     assert condition(detector, "Valid")["reason"] == "Valid"
     assert get(kube, *monitor_at) is None
+    # idle resyncs rewrite nothing (the API server's defaults are not mistaken for drift)
+    versions = [get(kube, *at)["metadata"]["resourceVersion"] for at in (pdb_at, netpol_at)]
+    time.sleep(RESYNC_SECONDS * 2.5)
+    assert [get(kube, *at)["metadata"]["resourceVersion"] for at in (pdb_at, netpol_at)] == versions
     try:
         kube.install_crd(CRDS / "podmonitors.yaml")  # the next resync makes one
         monitor = wait_for(lambda: get(kube, *monitor_at), timeout=30, what=f"PodMonitor\n{operator.log_tail()}")
@@ -84,8 +89,11 @@ def test_companions_created_owned_validated_and_garbage_collected(kube, api, nam
         wait_for(lambda: get(kube, *pdb_at) is None, timeout=30, what="PDB deleted")
         # Normal events besides warnings
         core = client.CoreV1Api(kube.api_client())
-        wait_for(lambda: {"Created", "Deleted"} <= {e.reason for e in core.list_namespaced_event(
-            namespace, field_selector="involvedObject.name=prod,type=Normal").items}, timeout=30, what="events")
+        wait_for(lambda: api.isvc(namespace, "prod")["metadata"]["generation"] >= 2, what="InferenceService patched")
+        pretend_kserve_marks_ready(api, namespace, "prod")
+        wait_for(lambda: {"Created", "Updated", "Deleted", "RolloutComplete"} <= {
+            e.reason for e in core.list_namespaced_event(
+                namespace, field_selector="involvedObject.name=prod,type=Normal").items}, timeout=30, what="events")
         # deleting the detector: the garbage collector takes every companion with it
         api.delete_detector(namespace, "prod")
         wait_for(lambda: get(kube, *netpol_at) is None and get(kube, *monitor_at) is None, timeout=60,

@@ -215,3 +215,30 @@ def test_reconciles_are_counted_by_outcome_and_timed():
     assert value("yolo_operator_reconciles_total", {"result": "ok"}) == ok + 1
     assert value("yolo_operator_reconciles_total", {"result": "invalid"}) == invalid + 1
     assert value("yolo_operator_reconcile_seconds_count") == timed + 2
+
+
+def test_a_companion_race_or_failure_leaves_the_inference_service_alone():
+    import kopf
+
+    cluster = InMemoryKServe(kserve.PROFILES[2])
+    create = cluster.create_object
+
+    def raced(kind, body):  # a concurrent reconcile (the InferenceService's event) created it first: 409
+        create(kind, body)
+
+    cluster.create_object = raced
+    conditions = run(cluster, detector({"replicas": {"min": 2, "max": 3}}))
+    assert conditions["Ready"]["reason"] != "ApplyFailed"
+    assert ("poddisruptionbudgets", NS, "cams-predictor") in cluster.objects
+
+    def refused(kind, body):
+        raise kopf.PermanentError(f"create {kind.kind}: 403 Forbidden")
+
+    other = InMemoryKServe(kserve.PROFILES[2])
+    other.create_object = refused
+    with pytest.raises(kopf.TemporaryError, match="403 Forbidden"):
+        run(other, detector({}, name="denied"))
+    status = other.detectors[(NS, "denied")]["status"]
+    ready = next(cond for cond in status["conditions"] if cond["type"] == "Ready")
+    assert ready["reason"] != "ApplyFailed"
+    assert other.get_isvc(NS, "denied") is not None
