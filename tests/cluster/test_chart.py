@@ -230,6 +230,30 @@ def test_rbac_rules_are_least_privilege(name, args):
         assert sorted(b["metadata"]["namespace"] for b in bindings) == expected
 
 
+def test_operator_metrics_network_policy_and_pod_monitor():
+    docs = render()
+    (deployment,) = by_kind(docs, "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    env = _operator_env(deployment)
+    assert env["YOLO_OPERATOR_METRICS_PORT"] == "8081"
+    assert {"name": "metrics", "containerPort": 8081, "protocol": "TCP"} in container["ports"]
+    assert env["YOLO_OPERATOR_CALLER_NAMESPACES"].split(",")[:2] == ["istio-system", "knative-serving"]
+    assert not by_kind(docs, "PodMonitor")  # off by default: the CRD may not exist
+    (policy,) = by_kind(docs, "NetworkPolicy")
+    assert policy["spec"]["podSelector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    health, metrics = policy["spec"]["ingress"]
+    assert health == {"ports": [{"port": 8080, "protocol": "TCP"}]}  # probes and the helm test pod
+    assert metrics["ports"] == [{"port": 8081, "protocol": "TCP"}] and {"podSelector": {}} in metrics["from"]
+    (monitor,) = by_kind(render("--set", "metrics.podMonitor.enabled=true", "--set",
+                                "metrics.podMonitor.labels.release=prom"), "PodMonitor")
+    assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+    assert monitor["metadata"]["labels"]["release"] == "prom"
+    off = render("--set", "metrics.port=0", "--set", "metrics.podMonitor.enabled=true",
+                 "--set", "networkPolicy.enabled=false")
+    assert not by_kind(off, "PodMonitor") and not by_kind(off, "NetworkPolicy")
+    assert _operator_env(by_kind(off, "Deployment")[0])["YOLO_OPERATOR_METRICS_PORT"] == "0"
+
+
 def test_sample_is_off_by_default_and_renders_when_enabled():
     assert not by_kind(render(), "YoloDetector")
     (sample,) = by_kind(render("--set", "sample.enabled=true"), "YoloDetector")

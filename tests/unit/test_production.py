@@ -242,3 +242,11 @@ def test_a_companion_race_or_failure_leaves_the_inference_service_alone():
     ready = next(cond for cond in status["conditions"] if cond["type"] == "Ready")
     assert ready["reason"] != "ApplyFailed"
     assert other.get_isvc(NS, "denied") is not None
+
+
+def test_operator_config_for_callers_and_metrics():
+    assert OperatorConfig.from_env({}).metrics_port == 0
+    assert OperatorConfig.from_env({}).caller_namespaces == c.DEFAULT_CALLER_NAMESPACES
+    config = OperatorConfig.from_env({"YOLO_OPERATOR_CALLER_NAMESPACES": "gw, mon", "YOLO_OPERATOR_METRICS_PORT": "9"})
+    assert config.caller_namespaces == ("gw", "mon") and config.metrics_port == 9
+    assert OperatorConfig.from_env({"YOLO_OPERATOR_CALLER_NAMESPACES": ""}).caller_namespaces == ()
