@@ -78,10 +78,11 @@ handler: nvidia
 """
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def production_prerequisites(kube):
     """What examples/yolodetector-production.yaml names: a PriorityClass and a RuntimeClass (the API server's
-    admission refuses pods naming missing ones) and KEDA's API (the operator checks it for queueDepth)."""
+    admission refuses pods naming missing ones) and KEDA's API (the operator checks it for queueDepth). Once per
+    module: every CRD added or removed makes the garbage collector re-sync its monitors, which delays deletions."""
     kube.kubectl("apply", "-f", "-", input=PRODUCTION_PREREQUISITES)
     kube.install_crd(REPO_ROOT / "tests" / "platform" / "crds" / "scaledobjects.yaml")
     yield
