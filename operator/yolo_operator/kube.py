@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -20,6 +21,7 @@ from kubernetes.client.exceptions import ApiException
 from . import config as c
 
 RETRY_DELAY = 5.0
+DISCOVERY_TTL = 5.0  # seconds a discovery answer is reused
 REQUEST_TIMEOUT = (5.0, 15.0)  # connect, read: a restarting API server must not hang a worker thread
 
 
@@ -61,6 +63,7 @@ class Kube:
         self.custom = client.CustomObjectsApi(api)
         self.apis = client.ApisApi(api)
         self.core = client.CoreV1Api(api)
+        self._discovered: tuple[float, dict[str, list[str]]] | None = None
 
     # ----- what the cluster tells about an InferenceService beyond its status ----------------------------
     def api_group_served(self, group: str) -> bool:
@@ -68,10 +71,14 @@ class Kube:
         return bool(self.served_versions(group))
 
     def served_versions(self, group: str) -> list[str]:
-        """The versions of ``group`` the API server serves ([] = not at all)."""
-        with _classified("discover API groups"):
-            found = self.apis.get_api_versions(_request_timeout=REQUEST_TIMEOUT)
-        return [v.version for item in found.groups or [] if item.name == group for v in item.versions or []]
+        """The versions of ``group`` the API server serves ([] = not at all). One discovery request serves every
+        question for ``DISCOVERY_TTL`` seconds (a reconcile asks about several groups)."""
+        now = time.monotonic()
+        if self._discovered is None or now - self._discovered[0] > DISCOVERY_TTL:
+            with _classified("discover API groups"):
+                found = self.apis.get_api_versions(_request_timeout=REQUEST_TIMEOUT)
+            self._discovered = (now, {item.name: [v.version for v in item.versions or []] for item in found.groups or []})
+        return list(self._discovered[1].get(group, []))
 
     def latest_warning(self, namespace: str, name: str) -> str:
         """KServe's latest Warning event about the InferenceService ('' for none, or without the RBAC to read)."""
