@@ -135,6 +135,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     install(model_server.app, server, model=model, max_request_bytes=settings.max_request_bytes,
             demo=settings.demo)
+    if settings.auth_token_file:  # predictor/auth.py: bearer token on REST and gRPC, probes exempt
+        from predictor import auth
+
+        try:
+            auth.install(model_server.app, settings.auth_token_file)
+        except (OSError, ValueError) as error:
+            sys.exit(f"error: --auth_token_file: {error}")
     tune_for_serving()
     base = f"http://0.0.0.0:{args.http_port}"
     log.info("serving %r on %s: %s/v2/models/%s/infer (v2), %s/v1/models/%s:predict (v1), health "
