@@ -183,6 +183,7 @@ class Detector:
         self._graph_pool: Any = None
         self._graph_failed = False
         self._lock = threading.Lock()
+        self.engine, self.runtime = "torch", None  # another CPU engine: predictor.runtimes.attach
         if self.accel == "compile":
             self._compiled = torch.compile(self.model, mode=compile_mode, dynamic=False)
 
@@ -298,6 +299,8 @@ class Detector:
             )
         batch = batch.to(self.device, self.dtype, non_blocking=True)
         with torch.inference_mode():
+            if self.runtime is not None:  # ONNX Runtime / OpenVINO on the exported network
+                return self.runtime(batch)
             if self.accel in ("cudagraph", "compile"):
                 return self._graph_forward(batch)
             return self.model(batch)
