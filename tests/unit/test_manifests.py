@@ -10,7 +10,14 @@ from yolo_operator import config as c
 from yolo_operator import manifests, validation
 from yolo_operator.config import OperatorConfig
 
-from predictor.settings import ENGINES, OPTIONS_BY_NAME, PRECISIONS, VARIANT_NAMES, PredictorSettings, parse_args
+from predictor.settings import (
+    ENGINES,
+    OPTIONS_BY_NAME,
+    PRECISIONS,
+    VARIANT_NAMES,
+    PredictorSettings,
+    parse_args,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = OperatorConfig()

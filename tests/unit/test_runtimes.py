@@ -16,7 +16,6 @@ official detections (tests/unit/test_nms_parity.py's matching). Tolerances per p
 from __future__ import annotations
 
 import importlib.util
-import os
 from pathlib import Path
 
 import numpy as np
