@@ -154,7 +154,15 @@ def attach(detector: Any, *, engine: str, weights: str | Path, precision: str = 
     from predictor.runtimes.export import find_or_export
 
     threads = threads or cpu_threads()
-    onnx_path = find_or_export(detector.model, weights, detector.input_size, cache=cache)
+    if engine == "auto" and not any(_installed(name) for name in CPU_ENGINES):
+        return "torch"  # the predictor extra alone: nothing to choose from
+    try:
+        onnx_path = find_or_export(detector.model, weights, detector.input_size, cache=cache)
+    except Exception:
+        if engine != "auto":
+            raise
+        log.warning("engine auto: the export failed, serving with torch", exc_info=True)
+        return "torch"
     if engine == "auto":
         decision = onnx_path.parent / f"auto-{onnx_path.stem}-{_machine_key(precision, threads)}.json"
         try:

@@ -53,16 +53,9 @@ def _fixtures() -> Path:
 
 
 def _interleaved(fns: dict[str, Callable[[], Any]], warmup: int, repeat: int) -> dict[str, float]:
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeat):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append((time.perf_counter() - start) * 1000.0)
-    return {name: round(statistics.median(t), 2) for name, t in times.items()}
+    from tests.bench.model_bench import _time_interleaved
+
+    return {name: round(t["median_ms"], 2) for name, t in _time_interleaved(fns, warmup=warmup, repeat=repeat).items()}
 
 
 def _detector(variant: str, cache: Path, engine: str = "torch", precision: str = "fp32"):

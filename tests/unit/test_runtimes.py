@@ -174,6 +174,19 @@ def test_auto_chooses_once_and_caches_the_choice(tiny: dict, monkeypatch):
     assert calls == [1]  # the restart read the cached choice
 
 
+def test_auto_falls_back_to_torch_when_the_export_fails(tiny: dict, monkeypatch, tmp_path):
+    def broken(*args, **kwargs):
+        raise RuntimeError("Module onnx is not installed!")
+
+    monkeypatch.setattr(export, "export_onnx", broken)
+    detector = Detector.from_weights(tiny["weights"], device="cpu")
+    assert attach(detector, engine="auto", weights=tiny["weights"], cache=tmp_path) == "torch"
+    assert detector.runtime is None and detector.engine == "torch"
+    if EXPORTED:  # an explicit engine says why it cannot start
+        with pytest.raises(RuntimeError, match="onnx"):
+            attach(detector, engine=EXPORTED[0], weights=tiny["weights"], cache=tmp_path)
+
+
 @pytest.mark.parametrize("engine, precision", [("torch", "bf16"), ("onnxruntime", "bf16")])
 def test_bf16_only_on_openvino(tiny: dict, engine: str, precision: str):
     with pytest.raises(ValueError, match="bf16"):
