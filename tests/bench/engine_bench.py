@@ -7,6 +7,8 @@ OpenVINO used directly (the anchors), then each engine served end to end.
    ``openvino`` (Detector.forward through our runtimes), ``ort_direct`` (a plain InferenceSession, default
    options, same threads) and ``ov_direct`` (a plain compile_model, f32 hint, same threads), plus
    ``openvino_bf16`` vs ``ov_direct_default`` (OpenVINO's own default precision: bf16 on a bf16 CPU).
+   The whole benchmark runs with the predictor's ``OMP_WAIT_POLICY=PASSIVE``; ``openmp`` compares it
+   with OpenMP's default spinning (torch, two processes interleaved).
 2. ``bf16_agreement``: per variant, the share of fp32 detections (OpenVINO fp32, six golden images,
    conf 0.25 / IoU 0.45) that bf16 finds again (same class, IoU >= 0.5, |Δscore| <= 0.05). Random
    weights exaggerate the drift: their class scores sit within bf16's rounding of each other.
@@ -147,6 +149,47 @@ def bf16_agreement(variants: list[str], cache: Path) -> dict[str, Any]:
     return out
 
 
+_OMP_CHILD = """
+import sys, time, statistics, torch
+from predictor.engine import Detector
+d = Detector.from_weights(sys.argv[1], device="cpu")
+x = torch.rand(1, 3, 640, 640).contiguous(memory_format=torch.channels_last)
+d.forward(x)
+for line in sys.stdin:
+    t = []
+    for _ in range(int(line)):
+        s = time.perf_counter(); d.forward(x); t.append((time.perf_counter() - s) * 1000)
+    print(statistics.median(t), flush=True)
+"""
+
+
+def bench_openmp(quick: bool) -> dict[str, Any]:
+    """yolov7-tiny b1 torch forward in two processes, OpenMP's default (spinning) wait policy against
+    ``PASSIVE`` (the predictor's, see ``predictor.__main__.passive_openmp``), blocks interleaved."""
+    import subprocess
+
+    weights = str(_fixtures() / "yolov7-tiny-random.pt")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")])
+    procs = {name: subprocess.Popen([sys.executable, "-c", _OMP_CHILD, weights], stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, text=True, env={**env, **extra})
+             for name, extra in (("spin_default", {}), ("passive", {"OMP_WAIT_POLICY": "PASSIVE"}))}
+    blocks: dict[str, list[float]] = {name: [] for name in procs}
+    try:
+        for _ in range(3 if quick else 6):
+            for name, proc in procs.items():
+                proc.stdin.write("4\n")
+                proc.stdin.flush()
+                blocks[name].append(round(float(proc.stdout.readline()), 1))
+    finally:
+        for proc in procs.values():
+            proc.stdin.close()
+            proc.wait(60)
+    medians = {name: statistics.median(v) for name, v in blocks.items()}
+    return {"block_medians_ms": blocks, "median_ms": medians, "loadavg": _loadavg(),
+            "spin_over_passive": round(medians["spin_default"] / medians["passive"], 2)}
+
+
 def _rss_mb(pid: int, key: str = "VmRSS") -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(key + ":"):
@@ -248,6 +291,9 @@ def run(out_dir: Path, quick: bool = False) -> dict[str, Any]:
     batches = [int(b) for b in os.environ.get("YOLO_BENCH_ENGINE_BATCHES", "1,8").split(",") if b]
     threads = int(os.environ.get("YOLO_BENCH_THREADS", "2"))
     cache = Path(tempfile.mkdtemp(prefix="bench-engines-"))
+    from predictor.__main__ import passive_openmp
+
+    passive_openmp()  # as the predictor runs (before torch loads here); spinning: the ``openmp`` section
     result: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor(),
                     "loadavg_before": _loadavg()},
@@ -255,6 +301,7 @@ def run(out_dir: Path, quick: bool = False) -> dict[str, Any]:
         "threads": threads,
         "forward": bench_forward(variants, batches, threads, cache, quick),
         "bf16_agreement": bf16_agreement(variants, cache),
+        "openmp": bench_openmp(quick),
     }
     if os.environ.get("YOLO_BENCH_SKIP_SERVED") != "1":
         result["served"] = bench_served(threads, quick)

@@ -16,6 +16,7 @@ official detections (tests/unit/test_nms_parity.py's matching). Tolerances per p
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import numpy as np
@@ -196,3 +197,14 @@ def test_bf16_only_on_openvino(tiny: dict, engine: str, precision: str):
 def test_unknown_engine_is_refused(tiny: dict):
     with pytest.raises(ValueError, match="engine must be one of"):
         attach(tiny["detector"], engine="tensorrt", weights=tiny["weights"])
+
+
+def test_predictor_entry_makes_openmp_passive_unless_told_otherwise(monkeypatch):
+    from predictor import __main__ as entry
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    entry.passive_openmp()
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # an operator's explicit choice wins
+    entry.passive_openmp()
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
