@@ -16,11 +16,11 @@ OpenVINO used directly (the anchors), then each engine served end to end.
    cold start (process start → ready → first answer; first start with an empty engine cache = export
    included, then a restart reading the cache), idle RSS, c1 latency p50 with the served forward
    (``Server-Timing``) against the bare forward of the same engine in a process of its own that does
-   nothing else, in alternating blocks, c2 and c8 throughput, peak RSS.
+   nothing else, alternating one served request and one bare forward, c2 and c8 throughput, peak RSS.
 
 ``run(out_dir, quick)`` is called by ``python -m tests.bench.run --only engine``. Environment:
 ``YOLO_BENCH_ENGINE_VARIANTS`` (default ``yolov7-tiny,yolov7``), ``YOLO_BENCH_ENGINE_BATCHES`` (``1,8``),
-``YOLO_BENCH_SKIP_SERVED=1``, ``YOLO_BENCH_THREADS``.
+``YOLO_BENCH_SKIP_FORWARD=1`` (sections 1-2 and ``openmp``), ``YOLO_BENCH_SKIP_SERVED=1``, ``YOLO_BENCH_THREADS``.
 """
 
 from __future__ import annotations
@@ -250,12 +250,11 @@ def bench_served(threads: int, quick: bool) -> list[dict]:
                     target=_bare_worker, args=(child_end, engine, str(cache), threads, jpeg), daemon=True)
                 bare.start()
                 served_fw, bare_fw = [], []
-                for _ in range(2 if quick else 3):  # alternating blocks: served c1, then bare forwards
-                    for _ in range(4 if quick else 8):
-                        response = client.post(server.infer_url, content=body, headers=headers)
-                        timing = dict(p.strip().split(";dur=") for p in response.headers["server-timing"].split(","))
-                        served_fw.append(float(timing["forward"]))
-                    parent_end.send(4 if quick else 8)
+                for _ in range(12 if quick else 30):  # alternating: one served request, one bare forward
+                    response = client.post(server.infer_url, content=body, headers=headers)
+                    timing = dict(p.strip().split(";dur=") for p in response.headers["server-timing"].split(","))
+                    served_fw.append(float(timing["forward"]))
+                    parent_end.send(1)
                     bare_fw.extend(parent_end.recv())
                 parent_end.send(0)
                 bare.join(60)
@@ -299,10 +298,11 @@ def run(out_dir: Path, quick: bool = False) -> dict[str, Any]:
                     "loadavg_before": _loadavg()},
         "quick": quick,
         "threads": threads,
-        "forward": bench_forward(variants, batches, threads, cache, quick),
-        "bf16_agreement": bf16_agreement(variants, cache),
-        "openmp": bench_openmp(quick),
     }
+    if os.environ.get("YOLO_BENCH_SKIP_FORWARD") != "1":
+        result["forward"] = bench_forward(variants, batches, threads, cache, quick)
+        result["bf16_agreement"] = bf16_agreement(variants, cache)
+        result["openmp"] = bench_openmp(quick)
     if os.environ.get("YOLO_BENCH_SKIP_SERVED") != "1":
         result["served"] = bench_served(threads, quick)
     result["machine"]["loadavg_after"] = _loadavg()
