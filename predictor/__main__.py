@@ -2,11 +2,16 @@
 
 KServe's own flags (``--model_name``, ``--http_port``, ``--grpc_port``, ...) plus every
 :mod:`predictor.settings` option (flag > ``YOLO_*`` environment variable > default).
+
+With no arguments at all it starts as a platform expects (Cloud Run, Fargate, Knative, an app store): the
+weights from KServe's ``/mnt/models`` or else the image's baked checkpoint, REST on ``$PORT`` (else 8080),
+gRPC on 8081; the start-up log names the weights, device, ports and URLs chosen.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -21,7 +26,7 @@ OPENMP_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
 def build_parser() -> argparse.ArgumentParser:
     from kserve import model_server
 
-    from predictor.settings import PredictorSettings
+    from predictor.settings import GRPC_PORT, HTTP_PORT, PORT_ENV, PredictorSettings
 
     parser = argparse.ArgumentParser(
         prog="python -m predictor",
@@ -29,8 +34,15 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[model_server.parser],
     )
     PredictorSettings.add_arguments(parser)
-    # Ours by default; KServe's is "model". None = follow --max_request_bytes.
-    parser.set_defaults(model_name=DEFAULT_MODEL_NAME, grpc_max_receive_message_length=None)
+    # Ours by default; KServe's is "model". None = follow --max_request_bytes; ports: see serving_ports.
+    parser.set_defaults(model_name=DEFAULT_MODEL_NAME, grpc_max_receive_message_length=None,
+                        http_port=None, grpc_port=None)
+    port_help = {
+        "http_port": f"REST port (default: ${PORT_ENV} when set, as Cloud Run and Knative do, else {HTTP_PORT})",
+        "grpc_port": f"gRPC port (default: {GRPC_PORT}, or the REST port + 1 when the REST port is {GRPC_PORT})",
+    }
+    for action in parser._actions:
+        action.help = port_help.get(action.dest, action.help)
     return parser
 
 
@@ -75,16 +87,24 @@ def main(argv: list[str] | None = None) -> None:
     from kserve.logging import configure_logging
     from kserve.logging import logger as kserve_logger
 
-    from predictor.server import install
-    from predictor.service import YoloV7Model
-    from predictor.settings import PredictorSettings, SettingsError
+    from predictor.errors import filter_native_stderr
+    from predictor.model import YoloV7Model
+    from predictor.model_card import MODEL_CARD_ROUTE
+    from predictor.rest import install
+    from predictor.settings import PredictorSettings, SettingsError, default_weights, serving_ports
 
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         settings = PredictorSettings.from_sources(args)
+        args.http_port, args.grpc_port, port_source = serving_ports(args.http_port, args.grpc_port)
     except SettingsError as error:
         parser.error(str(error))
+    weights_source = "--weights or YOLO_WEIGHTS"
+    weights_given = bool(settings.weights)
+    if not weights_given:
+        weights, weights_source = default_weights()
+        settings = dataclasses.replace(settings, weights=weights)
     if args.workers != 1:
         parser.error("--workers must be 1 (one model copy per process); scale with replicas instead")
 
@@ -97,6 +117,7 @@ def main(argv: list[str] | None = None) -> None:
 
     if not settings.request_logs:
         quiet_request_logs()
+    filter_native_stderr()  # one log line per rejected image, not one more from libpng/libjpeg
 
     # KServe's GRPCServer reads its message limits from kserve.model_server.args (parsed at import).
     grpc_receive = args.grpc_max_receive_message_length
@@ -105,11 +126,18 @@ def main(argv: list[str] | None = None) -> None:
     model_server.args.grpc_max_receive_message_length = grpc_receive
     model_server.args.grpc_max_send_message_length = args.grpc_max_send_message_length
 
+    log = logging.getLogger("predictor")
+    log.info("starting model %r: weights %s (%s), device %s, REST port %d (%s), gRPC port %s",
+             args.model_name, settings.weights, weights_source, settings.device, args.http_port, port_source,
+             args.grpc_port if args.enable_grpc else "off")
     model = YoloV7Model(args.model_name, settings)
     try:
         model.load()
     except (FileNotFoundError, ValueError) as error:
-        logging.getLogger("predictor").error("cannot load the model: %s", error)
+        if not weights_given:
+            error = f"{error} ({weights_source}: give --weights, mount a model at KServe's /mnt/models, or " \
+                    "use an image built with weights baked in)"
+        log.error("cannot load the model: %s", error)
         sys.exit(f"error: {error}")
 
     server = kserve.ModelServer(
@@ -126,6 +154,11 @@ def main(argv: list[str] | None = None) -> None:
     install(model_server.app, server, model=model, max_request_bytes=settings.max_request_bytes,
             demo=settings.demo)
     tune_for_serving()
+    base = f"http://0.0.0.0:{args.http_port}"
+    log.info("serving %r on %s: %s/v2/models/%s/infer (v2), %s/v1/models/%s:predict (v1), health "
+             "%s/v2/health/ready, model card %s%s%s", args.model_name, model.pipeline.detector.device, base,
+             args.model_name, base, args.model_name, base, base, MODEL_CARD_ROUTE,
+             f", gRPC 0.0.0.0:{args.grpc_port}" if args.enable_grpc else "")
     server.start([model])
 
 

@@ -4,14 +4,25 @@
 pixels::
 
     det = Detector.from_weights("weights/yolov7.pt")            # cuda + fp16 if present, else cpu + fp32
-    [d] = det.detect([rgb], conf=0.25, iou=0.45)
+    [d] = det.detect([rgb], DetectParams(confidence=0.25, iou=0.45))
     d.boxes  # float32 [K, 4] x1, y1, x2, y2 (original pixels, clipped)
 
-The three stages are public so that a batcher can run them separately: :meth:`Detector.preprocess`
-(letterbox, stack, upload), :meth:`Detector.forward` (the network, ``[N, R, 5 + nc]``) and
-:meth:`Detector.postprocess` (NMS, boxes back to each original image). On CUDA the forward may replay a
-captured CUDA graph per batch size or run a ``torch.compile``-d network (``accel``); every accelerated
-path falls back to eager execution if it fails. No kserve import: the service wraps this.
+The Detector owns every step between pixels and boxes, so that every path (the service's CPU and GPU
+paths, the CLI, the benchmarks) resizes images in and maps boxes out the same way — as torchvision's
+``GeneralizedRCNNTransform`` does:
+
+* pre-processing: :meth:`Detector.letterbox` (one image → the letterboxed pixels and their
+  :class:`~predictor.ops.LetterboxGeometry`), :meth:`Detector.stack` (letterboxed images → the network
+  input), :meth:`Detector.letterbox_tensors` (decoded tensors on the device → the network input and
+  geometries: the GPU path); :meth:`Detector.preprocess` is the first two for a list of images;
+* :meth:`Detector.forward`: the network, ``[N, R, 5 + nc]`` — the one seam between pre- and
+  post-processing (another runtime replaces only this). On CUDA it may replay a captured CUDA graph per
+  batch size or run a ``torch.compile``-d network (``accel``); every accelerated path falls back to
+  eager execution if it fails;
+* :meth:`Detector.postprocess`: NMS with a request's :class:`~predictor.settings.DetectParams`, then boxes
+  back to each original image with the geometry its letterbox applied.
+
+No kserve import: the service wraps this.
 """
 
 from __future__ import annotations
@@ -27,13 +38,13 @@ import numpy as np
 import torch
 
 from predictor import ops
+from predictor.ops import LetterboxGeometry
+from predictor.settings import ACCELERATIONS, GPU_ACCELERATIONS, PRECISIONS, DetectParams
 
-__all__ = ["ACCEL_MODES", "Detections", "LetterboxInfo", "Detector", "resolve_device", "resolve_precision"]
+__all__ = ["DetectParams", "Detections", "Detector", "LetterboxGeometry", "resolve_device", "resolve_precision"]
 
 log = logging.getLogger(__name__)
 
-ACCEL_MODES = ("auto", "eager", "cudagraph", "compile")
-PRECISIONS = ("auto", "fp32", "fp16")
 DEFAULT_COMPILE_MODE = "default"  # max-autotune* compile for minutes per batch size
 
 
@@ -51,16 +62,6 @@ class Detections:
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])
-
-
-@dataclass(frozen=True)
-class LetterboxInfo:
-    """How one image was letterboxed: ``original_shape`` (h0, w0); ``ratio`` (ratio_w, ratio_h);
-    ``pad`` (pad_w, pad_h) — ``x_input = x_original · ratio_w + pad_w``."""
-
-    original_shape: tuple[int, int]
-    ratio: tuple[float, float]
-    pad: tuple[float, float]
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -98,6 +99,8 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         return "fp16" if device.type == "cuda" else "fp32"
     if precision == "fp16" and device.type != "cuda":
         raise ValueError("precision 'fp16' needs a CUDA device; use precision='fp32' (or 'auto') on the CPU")
+    if precision == "bf16":  # an exported engine's precision (predictor.runtimes), not the torch network's
+        raise ValueError("precision 'bf16' runs on the CPU engine openvino only; the torch network runs fp32/fp16")
     return precision
 
 
@@ -218,24 +221,24 @@ class Detector:
     ) -> Detector:
         """Load a checkpoint file (official ``.pt`` or the project's safetensors) and wrap it.
 
-        ``variant``, when given, must agree with the checkpoint (or names it where the file cannot).
+        ``variant``, when given, must agree with the variant the checkpoint records (if it records one).
         """
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"weights file not found: {path}")
         from predictor.yolov7 import load_checkpoint
 
-        ckpt = _load(load_checkpoint, path, variant)
+        ckpt = load_checkpoint(path)
         if variant is not None and getattr(ckpt, "variant", None) not in (None, variant):
             raise ValueError(f"{path} holds a {ckpt.variant!r} model, not the requested variant {variant!r}")
         return cls.from_checkpoint(ckpt, device=device, precision=precision, input_size=input_size, **kwargs)
 
     def _resolve_accel(self, accel: str) -> str:
-        if accel not in ACCEL_MODES:
-            raise ValueError(f"accel must be one of {ACCEL_MODES}, got {accel!r}")
+        if accel not in ACCELERATIONS:
+            raise ValueError(f"accel must be one of {ACCELERATIONS}, got {accel!r}")
         if accel == "auto":
             return "cudagraph" if self.device.type == "cuda" else "eager"
-        if accel in ("cudagraph", "compile") and self.device.type != "cuda":
+        if accel in GPU_ACCELERATIONS and self.device.type != "cuda":
             raise ValueError(f"accel {accel!r} needs a CUDA device; use 'eager' or 'auto' on the CPU")
         return accel
 
@@ -246,38 +249,52 @@ class Detector:
         )
 
     # ------------------------------------------------------------------ stages
-    def preprocess(self, images: Sequence[np.ndarray]) -> tuple[torch.Tensor, list[LetterboxInfo]]:
-        """Letterbox RGB images and stack them into the network input.
+    def letterbox(self, image: np.ndarray, where: str = "image") -> tuple[np.ndarray, LetterboxGeometry]:
+        """One RGB ``uint8 [H, W, 3]`` image → its letterboxed ``uint8 [S, S, 3]`` pixels and the geometry
+        applied (kept to map the boxes back). ``where`` names the image in the error message."""
+        if not isinstance(image, np.ndarray):
+            raise ValueError(f"{where} is a {type(image).__name__}, expected a numpy array")
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or 0 in image.shape:
+            raise ValueError(f"{where} must be an HxWx3 uint8 RGB array, got {image.dtype} {image.shape}")
+        return ops.letterbox(image, self.input_size)
 
-        Args:
-            images: ``HxWx3`` RGB ``uint8`` arrays, any sizes.
+    def stack(self, letterboxed: Sequence[np.ndarray]) -> torch.Tensor:
+        """Letterboxed ``uint8 [S, S, 3]`` images (from :meth:`letterbox`) → the network input.
 
         Returns:
-            ``[N, 3, S, S]`` tensor in [0, 1] on the detector's device and dtype, channels-last memory
-            (on CUDA uploaded from pinned memory without blocking), and one :class:`LetterboxInfo` each.
+            ``[N, 3, S, S]`` in [0, 1] on the detector's device and dtype, channels-last memory (NHWC
+            permuted to NCHW *is* channels-last; the cast keeps that layout); on CUDA one copy into
+            pinned memory and a non-blocking upload.
+        """
+        if len(letterboxed) == 0:
+            raise ValueError("images is empty")
+        s = self.input_size
+        cuda = self.device.type == "cuda"
+        host = torch.empty((len(letterboxed), s, s, 3), dtype=torch.uint8, pin_memory=cuda)
+        np.stack(letterboxed, out=host.numpy())
+        if cuda:
+            host = host.to(self.device, non_blocking=True)
+        return host.permute(0, 3, 1, 2).to(self.dtype).div_(255.0)
+
+    def letterbox_tensors(self, images: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[LetterboxGeometry]]:
+        """Decoded ``uint8 [3, H, W]`` tensors (e.g. nvJPEG's, on the detector's device) → the network
+        input ``[N, 3, S, S]`` (letterboxed on their device, :func:`predictor.ops.letterbox_batch_tensor`)
+        and one geometry each."""
+        return ops.letterbox_batch_tensor(images, self.input_size, dtype=self.dtype)
+
+    def preprocess(self, images: Sequence[np.ndarray]) -> tuple[torch.Tensor, list[LetterboxGeometry]]:
+        """:meth:`letterbox` each RGB ``uint8 [H, W, 3]`` image (any sizes), then :meth:`stack` them.
+
+        Returns:
+            the network input ``[N, 3, S, S]`` and one :class:`~predictor.ops.LetterboxGeometry` each.
         """
         if isinstance(images, np.ndarray) and images.ndim != 4:
             raise ValueError("images must be a sequence of HxWx3 arrays (a list), not a single array")
         if len(images) == 0:
             raise ValueError("images is empty")
-        for i, img in enumerate(images):
-            if not isinstance(img, np.ndarray):
-                raise ValueError(f"image {i} is a {type(img).__name__}, expected a numpy array")
-            if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3 or 0 in img.shape:
-                raise ValueError(f"image {i} must be an HxWx3 uint8 RGB array, got {img.dtype} {img.shape}")
-        s, n = self.input_size, len(images)
-        cuda = self.device.type == "cuda"
-        host = torch.empty((n, s, s, 3), dtype=torch.uint8, pin_memory=cuda)
-        view = host.numpy()
-        infos = []
-        for i, img in enumerate(images):
-            view[i], ratio, pad = ops.letterbox(img, s)
-            infos.append(LetterboxInfo((int(img.shape[0]), int(img.shape[1])), ratio, pad))
-        if cuda:
-            host = host.to(self.device, non_blocking=True)
-        # NHWC permuted to NCHW *is* channels-last memory; the cast keeps that layout.
-        x = host.permute(0, 3, 1, 2).to(self.dtype)
-        return x.div_(255.0), infos
+        letterboxed, geometries = zip(*(self.letterbox(img, f"image {i}") for i, img in enumerate(images)),
+                                      strict=True)
+        return self.stack(letterboxed), list(geometries)
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         """Run the network: ``[N, 3, H, W]`` in [0, 1] → decoded ``[N, R, 5 + nc]`` (inference mode).
@@ -301,7 +318,7 @@ class Detector:
         with torch.inference_mode():
             if self.runtime is not None:  # ONNX Runtime / OpenVINO on the exported network
                 return self.runtime(batch)
-            if self.accel in ("cudagraph", "compile"):
+            if self.accel in GPU_ACCELERATIONS:
                 return self._graph_forward(batch)
             return self.model(batch)
 
@@ -317,41 +334,38 @@ class Detector:
         return self.model(batch)
 
     def postprocess(
-        self,
-        raw: torch.Tensor,
-        infos: Sequence[LetterboxInfo],
-        *,
-        conf: float = 0.25,
-        iou: float = 0.45,
-        max_det: int = 300,
-        classes: Sequence[int] | None = None,
-        agnostic: bool = False,
+        self, raw: torch.Tensor, geometries: Sequence[LetterboxGeometry], params: DetectParams = DetectParams()
     ) -> list[Detections]:
-        """NMS (see :func:`predictor.ops.non_max_suppression`), then boxes back to each original image
-        (official arithmetic: :func:`predictor.ops.scale_boxes` with the pad recomputed from the gain)."""
+        """NMS (:func:`predictor.ops.non_max_suppression` with ``params``), then boxes back to each
+        original image with the geometry its letterbox applied (:func:`predictor.ops.scale_boxes`).
+
+        Args:
+            raw: the network output ``[N, R, 5 + nc]`` (:meth:`forward`).
+            geometries: one per row of ``raw``, as :meth:`preprocess` (or :meth:`letterbox`,
+                :meth:`letterbox_tensors`) returned them.
+            params: the thresholds.
+        """
         if not isinstance(raw, torch.Tensor) or raw.ndim != 3:
             raise ValueError(f"raw must be a tensor [N, R, 5 + nc], got {getattr(raw, 'shape', type(raw))}")
-        if raw.shape[0] != len(infos):
-            raise ValueError(f"{raw.shape[0]} outputs but {len(infos)} LetterboxInfo")
-        det, image = ops.non_max_suppression_flat(raw, conf, iou, classes=classes, agnostic=agnostic,
-                                                  max_det=max_det)
+        if raw.shape[0] != len(geometries):
+            raise ValueError(f"{raw.shape[0]} outputs but {len(geometries)} letterbox geometries")
+        det, image = ops.non_max_suppression(raw, params)
         host = torch.cat((det, image[:, None].to(det.dtype)), dim=1).cpu()  # one device → host copy
         image = host[:, 6].long()
-        originals = torch.tensor([info.original_shape for info in infos], dtype=torch.long).reshape(-1, 2)
-        boxes = ops.scale_boxes(host[:, :4], (self.input_size, self.input_size), originals[image]).numpy()
+        boxes = ops.scale_boxes(host[:, :4], geometries, image).numpy()
         scores, classes = host[:, 4].numpy(), host[:, 5].long().numpy()
         out = []
         start = 0
-        for count in torch.bincount(image, minlength=len(infos)).tolist():
+        for count in torch.bincount(image, minlength=len(geometries)).tolist():
             end = start + count
             out.append(Detections(boxes=boxes[start:end], scores=scores[start:end].copy(), classes=classes[start:end]))
             start = end
         return out
 
-    def detect(self, images: Sequence[np.ndarray], **thresholds: Any) -> list[Detections]:
-        """``preprocess`` → ``forward`` → ``postprocess``; ``thresholds`` are postprocess's keywords."""
-        batch, infos = self.preprocess(images)
-        return self.postprocess(self.forward(batch), infos, **thresholds)
+    def detect(self, images: Sequence[np.ndarray], params: DetectParams = DetectParams()) -> list[Detections]:
+        """:meth:`preprocess` → :meth:`forward` → :meth:`postprocess` with ``params``."""
+        batch, geometries = self.preprocess(images)
+        return self.postprocess(self.forward(batch), geometries, params)
 
     def warmup(self, batch_sizes: Sequence[int] = (1,)) -> None:
         """Run each batch size once (allocator, cuDNN autotuning, graph capture / compilation)."""
@@ -359,7 +373,7 @@ class Detector:
         for n in batch_sizes:
             if int(n) < 1:
                 raise ValueError(f"batch sizes must be >= 1, got {n}")
-            if self.accel in ("cudagraph", "compile"):  # captured whatever graph_max_batch says
+            if self.accel in GPU_ACCELERATIONS:  # captured whatever graph_max_batch says
                 with self._lock, torch.cuda.device(self.device):
                     if (int(n), 3, s, s) not in self._graphs and not self._graph_failed \
                             and len(self._graphs) < self.max_graphs:
@@ -431,13 +445,3 @@ class Detector:
         log.info("captured a CUDA graph for input %s", shape)
         return g
 
-
-def _load(load_checkpoint: Any, path: Path, variant: str | None) -> Any:
-    """Call ``load_checkpoint(path[, variant=...])`` — passing the variant only when it is accepted."""
-    if variant is not None:
-        try:
-            return load_checkpoint(path, variant=variant)
-        except TypeError as e:
-            if "variant" not in str(e):
-                raise
-    return load_checkpoint(path)

@@ -1,13 +1,17 @@
-"""Pre- and post-processing shared by the engine, the service and the tests.
+"""Pre- and post-processing arithmetic shared by the engine, the service and the tests.
 
 Everything here follows the official YOLOv7 semantics (see ``docs/ops.md``):
 
+* :func:`letterbox_geometry` — where an image lands in the letterboxed canvas: a
+  :class:`LetterboxGeometry`, the one description of a letterbox, built only here and carried from the
+  letterbox to the box mapping.
 * :func:`letterbox` — OpenCV resize + constant padding, bit-exact with the official letterbox.
-* :func:`letterbox_tensor` — the same geometry on a torch tensor (GPU path); pixels may differ from
-  OpenCV's fixed-point bilinear by a grey level or so (measured in ``docs/ops.md``);
-  :func:`letterbox_batch_tensor` does a whole batch, one resize per distinct image shape.
+* :func:`letterbox_batch_tensor` — the same geometry for a batch of torch tensors on their own device
+  (the GPU path), one resize per distinct image shape; pixels may differ from OpenCV's fixed-point
+  bilinear by a grey level or so (measured in ``docs/ops.md``).
 * :func:`non_max_suppression` — candidate filtering (vectorised over the batch), best class only,
-  class-aware NMS, ``max_det`` per image.
+  class-aware NMS, at most ``max_detections`` per image; thresholds come whole as a
+  :class:`~predictor.settings.DetectParams`.
 * :func:`scale_boxes` / :func:`clip_boxes` / :func:`xywh_to_xyxy` — box maths.
 
 Box formats: ``xywh`` = (centre x, centre y, width, height); ``xyxy`` = (x1, y1, x2, y2), both in pixels.
@@ -23,17 +27,17 @@ import numpy as np
 import torch
 import torchvision
 
+from predictor.settings import DetectParams
+
 __all__ = [
     "LetterboxGeometry",
     "letterbox_geometry",
     "letterbox",
-    "letterbox_tensor",
     "letterbox_batch_tensor",
     "xywh_to_xyxy",
     "clip_boxes",
     "scale_boxes",
     "non_max_suppression",
-    "non_max_suppression_flat",
 ]
 
 PAD_COLOR = (114, 114, 114)
@@ -44,14 +48,15 @@ PAD_COLOR = (114, 114, 114)
 # --------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class LetterboxGeometry:
-    """Where an image of ``shape`` lands inside the letterboxed canvas.
+    """Where an image of ``original_shape`` (h0, w0) lands inside the letterboxed canvas.
 
-    ``resized`` is (height, width) after scaling; ``ratio`` is (ratio_w, ratio_h) (equal);
-    ``pad`` is (pad_w, pad_h) — half of the total padding, possibly ``x.5``; ``borders`` is
-    (top, bottom, left, right) in whole pixels; ``canvas`` is the output (height, width).
+    ``resized`` is (height, width) after scaling; ``ratio`` is (ratio_w, ratio_h) (equal); ``pad`` is
+    (pad_w, pad_h), half of the total padding, possibly ``x.5`` — with ``ratio`` the official
+    ``ratio_pad``: ``x_letterboxed = x_original · ratio_w + pad_w``; ``borders`` is (top, bottom, left,
+    right) in whole pixels as painted; ``canvas`` is the output (height, width).
     """
 
-    shape: tuple[int, int]
+    original_shape: tuple[int, int]
     resized: tuple[int, int]
     ratio: tuple[float, float]
     pad: tuple[float, float]
@@ -113,7 +118,7 @@ def letterbox(
     auto: bool = False,
     stride: int = 32,
     scaleup: bool = True,
-) -> tuple[np.ndarray, tuple[float, float], tuple[float, float]]:
+) -> tuple[np.ndarray, LetterboxGeometry]:
     """Resize ``image`` keeping its aspect ratio and pad it to ``new_shape`` (official semantics).
 
     Args:
@@ -125,9 +130,8 @@ def letterbox(
         scaleup: allow enlarging small images (False: only shrink).
 
     Returns:
-        ``(img, ratio, pad)``: the letterboxed ``[H', W', C]`` array (a new array), ``ratio`` =
-        (ratio_w, ratio_h) and ``pad`` = (pad_w, pad_h) such that
-        ``x_letterboxed = x_original · ratio_w + pad_w``.
+        ``(img, geometry)``: the letterboxed ``[H', W', C]`` array (a new array) and its
+        :class:`LetterboxGeometry` (``geometry.ratio``, ``geometry.pad``: the official ``ratio_pad``).
     """
     import cv2  # heavy import kept out of module import time
 
@@ -145,59 +149,7 @@ def letterbox(
     out = np.empty((geo.canvas[0], geo.canvas[1], c), dtype=image.dtype)
     out[...] = np.resize(np.asarray(color, dtype=image.dtype), c)
     out[top : top + new_h, left : left + new_w] = image
-    return out, geo.ratio, geo.pad
-
-
-def letterbox_tensor(
-    image: torch.Tensor,
-    new_shape: int | Sequence[int] = 640,
-    color: int | Sequence[int] = PAD_COLOR,
-    auto: bool = False,
-    stride: int = 32,
-    scaleup: bool = True,
-    *,
-    channels_last: bool | None = None,
-    dtype: torch.dtype = torch.uint8,
-) -> tuple[torch.Tensor, tuple[float, float], tuple[float, float]]:
-    """:func:`letterbox` on a torch tensor, on its own device (the GPU preprocessing path).
-
-    Same geometry as :func:`letterbox`; the resize is ``F.interpolate(mode="bilinear",
-    align_corners=False, antialias=False)`` in float32 — OpenCV's fixed-point INTER_LINEAR differs from
-    it by at most a grey level or two (see ``docs/ops.md``).
-
-    Args:
-        image: ``uint8`` tensor ``[H, W, C]`` or ``[C, H, W]``.
-        channels_last: True for HWC, False for CHW; ``None`` guesses (last dim 1/3/4 and first not).
-        dtype: ``torch.uint8`` returns rounded grey levels; a float dtype returns values in [0, 1]
-            (unrounded, ready for the network).
-
-    Returns:
-        ``(img [C, H', W'], ratio, pad)`` — always CHW.
-    """
-    if not isinstance(image, torch.Tensor) or image.ndim != 3:
-        got = getattr(image, "shape", type(image).__name__)
-        raise ValueError(f"letterbox_tensor expects a 3-D tensor (HWC or CHW), got {got}")
-    if channels_last is None:
-        channels_last = image.shape[-1] in (1, 3, 4) and image.shape[0] not in (1, 3, 4)
-    chw = image.permute(2, 0, 1) if channels_last else image
-    c, h, w = chw.shape
-    geo = letterbox_geometry((h, w), new_shape, auto=auto, stride=stride, scaleup=scaleup)
-    new_h, new_w = geo.resized
-    x = _resize_bilinear(chw.float()[None], (new_h, new_w))[0]
-    if dtype == torch.uint8:
-        x = x.round_().clamp_(0, 255)
-        scale = 1.0
-    elif dtype.is_floating_point:
-        scale = 1.0 / 255.0
-        x = x.mul_(scale)
-    else:
-        raise ValueError(f"dtype must be torch.uint8 or a floating dtype, got {dtype}")
-    colors = np.resize(np.asarray(color, dtype=np.float32), c)
-    fill = torch.from_numpy(colors).to(x.device).mul_(scale)
-    out = fill.view(c, 1, 1).expand(c, geo.canvas[0], geo.canvas[1]).to(dtype).clone()
-    top, _, left, _ = geo.borders
-    out[:, top : top + new_h, left : left + new_w] = x.to(dtype)
-    return out, geo.ratio, geo.pad
+    return out, geo
 
 
 def _resize_bilinear(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -215,11 +167,14 @@ def letterbox_batch_tensor(
     dtype: torch.dtype,
     color: int | Sequence[int] = PAD_COLOR,
 ) -> tuple[torch.Tensor, list[LetterboxGeometry]]:
-    """:func:`letterbox_tensor` for a whole batch, straight into the network input.
+    """:func:`letterbox` for a batch of tensors on their own device (the GPU path), straight into the
+    network input.
 
-    Images of the same shape are resized together (one ``interpolate`` per distinct shape, not per
-    image), so a batch from one camera or one upload form costs a handful of kernels. Per image the
-    values equal :func:`letterbox_tensor` with a float ``dtype``.
+    Same geometry as :func:`letterbox`; the resize is ``F.interpolate(mode="bilinear",
+    align_corners=False, antialias=False)`` in float32 — OpenCV's fixed-point INTER_LINEAR differs from
+    it by at most a grey level or two (see ``docs/ops.md``). Images of the same shape are resized
+    together (one ``interpolate`` per distinct shape, not per image), so a batch from one camera or one
+    upload form costs a handful of kernels; each image's values do not depend on the others.
 
     Args:
         images: ``N`` ``uint8`` tensors ``[3, H, W]`` (CHW), all on one device, any sizes.
@@ -276,8 +231,8 @@ def clip_boxes(boxes: torch.Tensor, shape: Sequence[int] | torch.Tensor) -> torc
 
     ``shape`` may also be a ``[K, 2]`` tensor holding each row's own (h, w), for ``boxes [K, 4]`` of
     several images at once."""
-    if _per_row(shape):
-        limits = shape.to(boxes.dtype)  # type: ignore[union-attr]
+    if isinstance(shape, torch.Tensor) and shape.ndim == 2:
+        limits = shape.to(boxes.device, boxes.dtype)
         for column, limit in ((0, 1), (1, 0), (2, 1), (3, 0)):
             boxes[:, column].clamp_(min=0).clamp_(max=limits[:, limit])
         return boxes
@@ -289,138 +244,80 @@ def clip_boxes(boxes: torch.Tensor, shape: Sequence[int] | torch.Tensor) -> torc
     return boxes
 
 
-def _per_row(shape: Sequence[int] | torch.Tensor) -> bool:
-    return isinstance(shape, torch.Tensor) and shape.ndim == 2
-
-
 def scale_boxes(
-    boxes: torch.Tensor,
-    input_shape: Sequence[int],
-    original_shape: Sequence[int] | torch.Tensor,
-    ratio_pad: tuple[Sequence[float], Sequence[float]] | None = None,
+    boxes: torch.Tensor, geometries: Sequence[LetterboxGeometry], image: torch.Tensor
 ) -> torch.Tensor:
-    """Map xyxy boxes from the letterboxed input back to the original image, clipped.
+    """Map xyxy boxes from letterboxed inputs back to their original images, clipped.
+
+    Each row is mapped with the geometry its image's letterbox *applied*: ``x0 = (x − pad_w) / ratio_w``,
+    ``y0 = (y − pad_h) / ratio_h`` — the official evaluation's mapping (``test.py`` passes the letterbox's
+    ``ratio_pad``), not ``detect.py``'s, which recomputes the pad from the gain as
+    ``(S − w0·gain) / 2`` (107.14 instead of the 107 rows applied to a 451×300 image: every box 0.098 px
+    off). In the boxes' dtype, as the official arithmetic on a float32 tensor.
 
     Args:
         boxes: ``[K, 4]`` xyxy in letterboxed pixels (not modified).
-        input_shape: (h, w) of the letterboxed network input.
-        original_shape: (h0, w0) of the original image; or a ``[K, 2]`` tensor with each row's own
-            (h0, w0), to map the boxes of a whole batch at once (then without ``ratio_pad``).
-        ratio_pad: ``((ratio_w, ratio_h), (pad_w, pad_h))`` as returned by :func:`letterbox`; when
-            ``None`` they are recomputed (official): gain = min(h/h0, w/w0),
-            pad = ((w − w0·gain)/2, (h − h0·gain)/2).
+        geometries: one :class:`LetterboxGeometry` per image of the batch.
+        image: int64 ``[K]``, the image (index into ``geometries``) of each row.
 
     Returns:
-        ``[K, 4]`` xyxy in original pixels, clipped to (h0, w0); a new tensor.
+        ``[K, 4]`` xyxy in original pixels, each row clipped to its image; a new tensor.
     """
-    rows = _per_row(original_shape)
-    if rows and ratio_pad is not None:
-        raise ValueError("ratio_pad describes one image; give per-row original shapes without it")
-    out = boxes[..., :4].clone()
-    if ratio_pad is None:
-        # float64 arithmetic, as Python's on one image; per row it becomes a column of the boxes' dtype
-        shapes = original_shape if rows else torch.tensor([[int(original_shape[0]), int(original_shape[1])]])
-        h0, w0 = shapes.to(torch.float64).unbind(1)  # type: ignore[union-attr]
-        gain = torch.minimum(input_shape[0] / h0, input_shape[1] / w0)
-        pad_w, pad_h = (input_shape[1] - w0 * gain) / 2, (input_shape[0] - h0 * gain) / 2
-        values = (pad_w, pad_h, gain, gain)
-        pad_w, pad_h, gx, gy = (v.to(out.dtype)[:, None] if rows else v.item() for v in values)
-    else:
-        (gx, gy), (pad_w, pad_h) = ratio_pad
-    out[..., 0::2] -= pad_w
-    out[..., 1::2] -= pad_h
-    out[..., 0::2] /= gx
-    out[..., 1::2] /= gy
-    if rows:
-        return clip_boxes(out, original_shape)  # type: ignore[arg-type]
-    return clip_boxes(out, (int(original_shape[0]), int(original_shape[1])))
+    table = torch.tensor([(*g.ratio, *g.pad, *g.original_shape) for g in geometries], dtype=torch.float64)
+    table = table.reshape(-1, 6)[image.to(torch.long).cpu()].to(boxes.device, boxes.dtype)
+    out = boxes[:, :4].clone()
+    out[:, 0::2] -= table[:, 2:3]
+    out[:, 1::2] -= table[:, 3:4]
+    out[:, 0::2] /= table[:, 0:1]
+    out[:, 1::2] /= table[:, 1:2]
+    return clip_boxes(out, table[:, 4:6])
 
 
 # --------------------------------------------------------------------------------------------------
 # NMS
 # --------------------------------------------------------------------------------------------------
-def _check_threshold(name: str, value: float) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}") from None
-    if not 0.0 <= v <= 1.0:
-        raise ValueError(f"{name} must be in [0, 1], got {value}")
-    return v
-
-
 def non_max_suppression(
-    pred: torch.Tensor,
-    conf_thres: float = 0.25,
-    iou_thres: float = 0.45,
-    classes: Sequence[int] | None = None,
-    agnostic: bool = False,
-    max_det: int = 300,
-    max_candidates: int = 30000,
-) -> list[torch.Tensor]:
-    """Official YOLOv7 NMS (``multi_label=False``) on decoded head outputs.
+    pred: torch.Tensor, params: DetectParams, *, max_candidates: int = 30000
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Official YOLOv7 NMS (``multi_label=False``) on decoded head outputs, for a whole batch at once.
 
     Args:
         pred: ``[N, R, 5 + nc]`` rows of (cx, cy, w, h, objectness, class probs…), any float dtype,
             any device. Boxes in input (letterboxed) pixels.
-        conf_thres: a row is a candidate if objectness > conf_thres; its score is
-            objectness × best class probability and it is kept if score > conf_thres.
-        iou_thres: boxes of the same class overlapping more than this (IoU) are suppressed.
-        classes: keep only these class ids (``None``: all).
-        agnostic: suppress across classes too.
-        max_det: keep at most this many detections per image (highest scores first).
+        params: the request's :class:`~predictor.settings.DetectParams` (checked when it was built): a
+            row is a candidate if objectness > ``confidence``; its score is objectness × best class
+            probability and it is kept if score > ``confidence`` (and its class is in ``classes``);
+            boxes of one class (of any, if ``agnostic``) overlapping more than ``iou`` are suppressed;
+            at most ``max_detections`` per image, highest scores first.
         max_candidates: at most this many candidates (by score) enter NMS per image.
 
     Returns:
-        ``N`` float32 tensors ``[k, 6]``: (x1, y1, x2, y2, score, class), sorted by descending score,
-        on ``pred``'s device.
-    """
-    det, image = non_max_suppression_flat(pred, conf_thres, iou_thres, classes=classes, agnostic=agnostic,
-                                          max_det=max_det, max_candidates=max_candidates)
-    counts = torch.bincount(image, minlength=pred.shape[0]).tolist()
-    return list(torch.split(det, counts))
-
-
-def non_max_suppression_flat(
-    pred: torch.Tensor,
-    conf_thres: float = 0.25,
-    iou_thres: float = 0.45,
-    classes: Sequence[int] | None = None,
-    agnostic: bool = False,
-    max_det: int = 300,
-    max_candidates: int = 30000,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`non_max_suppression` without the per-image split (fewer host round trips for a batch).
-
-    Returns:
         ``det`` float32 ``[K, 6]`` (x1, y1, x2, y2, score, class) for the whole batch, grouped by image
-        in order, by descending score within each image; ``image`` int64 ``[K]``, each row's image.
+        in order, by descending score within each image; ``image`` int64 ``[K]``, each row's image; both
+        on ``pred``'s device.
     """
     if not isinstance(pred, torch.Tensor) or pred.ndim != 3 or pred.shape[-1] < 6:
         got = getattr(pred, "shape", type(pred).__name__)
         raise ValueError(f"pred must be a tensor [N, R, 5 + num_classes] with num_classes >= 1, got {got}")
-    conf_thres = _check_threshold("conf_thres", conf_thres)
-    iou_thres = _check_threshold("iou_thres", iou_thres)
-    if int(max_det) < 1:
-        raise ValueError(f"max_det must be >= 1, got {max_det}")
     if int(max_candidates) < 1:
         raise ValueError(f"max_candidates must be >= 1, got {max_candidates}")
+    confidence, max_detections = params.confidence, params.max_detections
     n, _, width = pred.shape
     nc = width - 5
     class_filter = None
-    if classes is not None:
-        ids = [int(c) for c in classes]
-        bad = [c for c in ids if not 0 <= c < nc]
+    if params.classes is not None:
+        ids = list(params.classes)
+        bad = [c for c in ids if c >= nc]
         if bad:
             raise ValueError(f"class ids must be in [0, {nc - 1}], got {bad}")
         class_filter = torch.tensor(ids, dtype=torch.long, device=pred.device)
 
     # Candidate filtering for the whole batch at once: objectness first (cheap, drops most rows),
     # then score = obj × cls on the survivors only, in float32.
-    img_idx, row_idx = (pred[..., 4] > conf_thres).nonzero(as_tuple=True)
+    img_idx, row_idx = (pred[..., 4] > confidence).nonzero(as_tuple=True)
     x = pred[img_idx, row_idx].float()
     score, cls = (x[:, 5:] * x[:, 4:5]).max(dim=1)
-    keep = score > conf_thres
+    keep = score > confidence
     if class_filter is not None:
         keep &= torch.isin(cls, class_filter)
     keep = keep.nonzero().squeeze(1)  # one host round trip for the four selections below
@@ -446,12 +343,12 @@ def non_max_suppression_flat(
     # One NMS for the whole batch: boxes of different images (and classes, unless agnostic) are moved
     # apart so they never overlap — in float64, where that shift costs no precision. torchvision returns
     # the kept rows by descending score; a stable sort by image keeps that order within each image.
-    group = img_idx if agnostic else img_idx * nc + det[:, 5].long()
+    group = img_idx if params.agnostic else img_idx * nc + det[:, 5].long()
     shift = (group.double() * (high - low + 1.0))[:, None]
-    kept = torchvision.ops.nms(det[:, :4].double() + shift, det[:, 4].double(), iou_thres)
+    kept = torchvision.ops.nms(det[:, :4].double() + shift, det[:, 4].double(), params.iou)
     kept = kept[torch.argsort(img_idx[kept], stable=True)]
     counts = torch.bincount(img_idx[kept], minlength=n)
     starts = torch.cumsum(counts, 0) - counts
     rank = torch.arange(kept.numel(), device=kept.device) - starts[img_idx[kept]]
-    kept = kept[rank < int(max_det)]
+    kept = kept[rank < max_detections]
     return det[kept], img_idx[kept]

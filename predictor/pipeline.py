@@ -1,11 +1,17 @@
 """The request pipeline between the wire and the :class:`~predictor.engine.Detector`.
 
-    encoded bytes / pixels ──(thread pool: header check, decode, letterbox)──▶ prepared images
+    encoded bytes / pixels ──(thread pool: header check, decode, Detector.letterbox)──▶ prepared images
     prepared images of concurrent requests ──(DynamicBatcher)──▶ batches, each through three stages:
-        load         stack the batch into the network input (CUDA: decode its JPEGs with nvJPEG and
-                     letterbox them on the GPU, one resize per distinct image size)
-        forward      one forward pass
-        postprocess  per request thresholds: NMS, boxes back to each original image → Detections
+        load         Detector.stack: the batch as the network input (CUDA: decode its JPEGs with nvJPEG
+                     and Detector.letterbox_tensors them on the GPU, one resize per distinct image size)
+        forward      Detector.forward: one forward pass
+        postprocess  Detector.postprocess per request's DetectParams: NMS, boxes back to each original
+                     image with the geometry its letterbox applied → Detections
+
+Every pixel-geometry step is the :class:`~predictor.engine.Detector`'s (one home for pre-processing
+on every path); each image's :class:`~predictor.ops.LetterboxGeometry` travels with it from the
+letterbox to the box mapping. Images are decoded in one place, :meth:`DetectionPipeline._letterbox_source`
+(nvJPEG's batch decode aside), whichever path they take.
 
 Decoding and letterboxing run in a thread pool (OpenCV releases the GIL), never on the event loop. On
 CUDA each batch stage runs in a thread and on a CUDA stream of its own, so batch ``k + 1`` is loaded
@@ -33,11 +39,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from predictor import codec, ops
+from predictor import images
 from predictor.batching import DynamicBatcher
-from predictor.codec import DetectParams, ImageSource, Limits
-from predictor.engine import Detections, Detector, LetterboxInfo
+from predictor.engine import Detections, Detector
 from predictor.metrics import ServiceMetrics
+from predictor.ops import LetterboxGeometry
+from predictor.settings import DetectParams
+from predictor.wire import ImageSource, Limits
 
 __all__ = ["DetectionPipeline", "PreparedImage"]
 
@@ -50,7 +58,7 @@ class PreparedImage:
 
     params: DetectParams
     letterboxed: np.ndarray | None = None  # uint8 [S, S, 3]
-    info: LetterboxInfo | None = None
+    geometry: LetterboxGeometry | None = None  # known once letterboxed (GPU path: in the load stage)
     jpeg: bytearray | None = None
     where: str = "image"
     # seconds spent on this image per stage; "forward"/"postprocess" are its batch's, "batch" its id
@@ -59,8 +67,8 @@ class PreparedImage:
     @property
     def size(self) -> tuple[int, int]:
         """(height, width) of the original image; known after decoding."""
-        assert self.info is not None
-        return self.info.original_shape
+        assert self.geometry is not None
+        return self.geometry.original_shape
 
 
 @dataclass(eq=False)
@@ -93,7 +101,6 @@ class DetectionPipeline:
         self.detector = detector
         self.limits = limits
         self.metrics = metrics
-        self.input_size = detector.input_size
         # One decoder per core (at most 8): more would only take cores from the forward on small hosts.
         threads = decode_threads or max(2, min(8, os.cpu_count() or 2))
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="yolo-decode")
@@ -146,26 +153,34 @@ class DetectionPipeline:
 
     # ----- thread pool side -------------------------------------------------------------------------
     def _prepare_one(self, source: ImageSource, params: DetectParams, where: str) -> PreparedImage:
-        timings: dict[str, float] = {}
+        if isinstance(source, bytes) and self.gpu_decode:
+            info = images.probe_image(source, where)
+            images.check_dimensions(info.width, info.height, self.limits.max_pixels, where)
+            if info.format == "jpeg" and info.orientation == 1:  # nvJPEG ignores EXIF orientation
+                # a writable copy, made here in the pool: torch.frombuffer then wraps it as it is
+                return PreparedImage(params=params, jpeg=bytearray(source), where=where)
+        item = PreparedImage(params=params, where=where)
+        item.letterboxed, item.geometry = self._letterbox_source(source, where, item.timings)
+        return item
+
+    def _letterbox_source(
+        self, source: ImageSource, where: str, timings: dict[str, float]
+    ) -> tuple[np.ndarray, LetterboxGeometry]:
+        """Encoded bytes (decoded here, pixel count checked first) or an RGB pixel array → the detector's
+        letterbox of it; the stage times go to ``timings`` and the metrics. The decoded image is dropped
+        on return."""
         if isinstance(source, bytes):
-            if self.gpu_decode:
-                info = codec.probe_image(source, where)
-                codec.check_pixels(info.width, info.height, self.limits.max_pixels, where)
-                if info.format == "jpeg" and info.orientation == 1:  # nvJPEG ignores EXIF orientation
-                    # a writable copy, made here in the pool: torch.frombuffer then wraps it as it is
-                    return PreparedImage(params=params, jpeg=bytearray(source), where=where)
             start = time.perf_counter()
-            image = codec.decode_image(source, self.limits.max_pixels, where)
+            image = images.decode_image(source, self.limits.max_pixels, where)
             timings["decode"] = time.perf_counter() - start
             self.metrics.stage.labels("decode").observe(timings["decode"])
         else:
-            image = codec.check_pixel_array(source, self.limits.max_pixels, where)
+            image = images.check_pixel_array(source, self.limits.max_pixels, where)
         start = time.perf_counter()
-        letterboxed, ratio, pad = ops.letterbox(image, self.input_size)
-        info = LetterboxInfo((int(image.shape[0]), int(image.shape[1])), ratio, pad)
+        letterboxed = self.detector.letterbox(image, where)
         timings["preprocess"] = time.perf_counter() - start
         self.metrics.stage.labels("preprocess").observe(timings["preprocess"])
-        return PreparedImage(params=params, letterboxed=letterboxed, info=info, where=where, timings=timings)
+        return letterboxed
 
     # ----- batch stages (each in its own worker thread) -----------------------------------------------
     def _observe_batch(self, size: int, waited: float) -> None:
@@ -196,7 +211,7 @@ class DetectionPipeline:
             if any(item.jpeg is not None for item in items):
                 batch.inputs, batch.kept = self._gpu_inputs(items, batch.results)
             else:
-                batch.inputs = self._stack([item.letterboxed for item in items])
+                batch.inputs = self.detector.stack([item.letterboxed for item in items])
                 batch.kept = list(range(len(items)))
             self._sync_stage()
         return batch
@@ -234,8 +249,8 @@ class DetectionPipeline:
                 groups.setdefault(items[index].params, []).append(row)
             for params, rows in groups.items():
                 select = raw if len(rows) == raw.shape[0] else raw[torch.as_tensor(rows, device=raw.device)]
-                infos = [items[kept[row]].info for row in rows]
-                detections = self.detector.postprocess(select, infos, **params.as_kwargs())
+                geometries = [items[kept[row]].geometry for row in rows]
+                detections = self.detector.postprocess(select, geometries, params)
                 for row, det in zip(rows, detections, strict=True):
                     results[kept[row]] = det
         postprocess = time.perf_counter() - start
@@ -250,7 +265,6 @@ class DetectionPipeline:
         If nvJPEG refuses the batch, its JPEGs are decoded on the CPU one by one; an image that cannot be
         decoded at all gets its error in ``results``. Returns the network input and the indices it holds."""
         detector = self.detector
-        size = self.input_size
         jpeg_indices = [i for i, item in enumerate(items) if item.jpeg is not None]
         start = time.perf_counter()
         try:
@@ -269,16 +283,14 @@ class DetectionPipeline:
         decoded_letterboxed = None
         if decoded is not None:
             on_gpu = jpeg_indices
-            decoded_letterboxed, geometries = ops.letterbox_batch_tensor(decoded, size, dtype=detector.dtype)
-            for index, image, geo in zip(on_gpu, decoded, geometries, strict=True):
-                items[index].info = LetterboxInfo((int(image.shape[1]), int(image.shape[2])), geo.ratio, geo.pad)
+            decoded_letterboxed, geometries = detector.letterbox_tensors(decoded)
+            for index, geometry in zip(on_gpu, geometries, strict=True):
+                items[index].geometry = geometry
         else:
             for index in jpeg_indices:
                 item = items[index]
                 try:
-                    rgb = codec.decode_image(bytes(item.jpeg), self.limits.max_pixels, item.where)
-                    item.letterboxed, ratio, pad = ops.letterbox(rgb, size)
-                    item.info = LetterboxInfo((int(rgb.shape[0]), int(rgb.shape[1])), ratio, pad)
+                    item.letterboxed, item.geometry = self._letterbox_source(bytes(item.jpeg), item.where, item.timings)
                 except Exception as error:  # noqa: BLE001 - this image's own failure
                     results[index] = error
         for index in jpeg_indices:
@@ -294,28 +306,16 @@ class DetectionPipeline:
         on_cpu = [i for i in kept if i not in letterboxed_on_gpu]
         if not on_cpu:
             return decoded_letterboxed, kept
-        uploaded = self._stack([items[i].letterboxed for i in on_cpu])
+        uploaded = detector.stack([items[i].letterboxed for i in on_cpu])
         if decoded_letterboxed is None:
-            return uploaded.to(detector.device, detector.dtype), kept
+            return uploaded, kept
+        size = detector.input_size
         inputs = torch.empty((len(kept), 3, size, size), dtype=detector.dtype, device=detector.device)
         inputs = inputs.contiguous(memory_format=torch.channels_last)
         position = {index: row for row, index in enumerate(kept)}
         inputs[torch.as_tensor([position[i] for i in on_gpu], device=detector.device)] = decoded_letterboxed
-        inputs[torch.as_tensor([position[i] for i in on_cpu], device=detector.device)] = uploaded.to(
-            detector.device, detector.dtype)
+        inputs[torch.as_tensor([position[i] for i in on_cpu], device=detector.device)] = uploaded
         return inputs, kept
-
-    def _stack(self, letterboxed: list[np.ndarray]) -> torch.Tensor:
-        """Letterboxed ``uint8 [S, S, 3]`` images → the network input ``[N, 3, S, S]`` in [0, 1].
-
-        On the CPU: one stack and one conversion (NHWC permuted to NCHW is channels-last memory; the
-        network's output is the same). On CUDA the detector's own preprocess does the pinned, non-blocking
-        upload; the images are already S x S, so its letterbox geometry is the identity."""
-        detector = self.detector
-        if detector.device.type != "cpu":
-            batch, _ = detector.preprocess(letterboxed)
-            return batch
-        return torch.from_numpy(np.stack(letterboxed)).permute(0, 3, 1, 2).to(detector.dtype).div_(255.0)
 
     @staticmethod
     def server_timing(prepared: Sequence[PreparedImage]) -> str:

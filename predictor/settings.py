@@ -28,7 +28,18 @@ DEVICES_HELP = "auto, cpu, cuda or cuda:N"
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "fp16", "bf16")
 ENGINES: tuple[str, ...] = ("auto", "torch", "onnxruntime", "openvino")
 ACCELERATIONS: tuple[str, ...] = ("auto", "eager", "cudagraph", "compile")
+GPU_ACCELERATIONS: tuple[str, ...] = ("cudagraph", "compile")  # the modes that need a CUDA device
 ENV_PREFIX = "YOLO_"
+
+# Where the checkpoint is when neither --weights nor YOLO_WEIGHTS is given, in this order:
+MODEL_MOUNT_DIR = "/mnt/models"  # KServe's storage initializer puts spec.storageUri here (it wins when present)
+BAKED_WEIGHTS_DIR = "/opt/yolo-v7/weights"  # the image's baked checkpoints (Dockerfile, stage "weights")
+BAKED_WEIGHTS_ENV = "YOLO_BAKED_WEIGHTS"  # another baked file or folder (tests point it at a fixture)
+# Ports: REST on $PORT when the platform sets it (Cloud Run, Knative), else HTTP_PORT; gRPC on GRPC_PORT,
+# or the REST port + 1 when $PORT takes GRPC_PORT.
+HTTP_PORT = 8080
+GRPC_PORT = 8081
+PORT_ENV = "PORT"
 
 
 class SettingsError(ValueError):
@@ -73,7 +84,9 @@ class Option:
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("weights", str, "checkpoint file, or a directory holding one (KServe mounts storageUri at /mnt/models)"),
+    Option("weights", str, "checkpoint file, or a directory holding one; empty = KServe's storageUri mount "
+           f"{MODEL_MOUNT_DIR} when present, else the image's baked checkpoint in {BAKED_WEIGHTS_DIR} "
+           f"(env {BAKED_WEIGHTS_ENV} names another)"),
     Option("variant", str, "architecture; detected from the checkpoint when empty", choices=("",) + VARIANT_NAMES),
     Option("device", str, f"inference device: {DEVICES_HELP}"),
     Option("precision", str, "auto = fp16 on CUDA, fp32 on CPU; bf16: CPU engine openvino only", choices=PRECISIONS),
@@ -107,7 +120,7 @@ OPTIONS_BY_NAME: Mapping[str, Option] = {option.name: option for option in OPTIO
 class PredictorSettings:
     """The predictor's configuration. Defaults here are the documented defaults."""
 
-    weights: str = "/mnt/models"
+    weights: str = ""
     variant: str = ""
     device: str = "auto"
     precision: str = "auto"
@@ -214,6 +227,97 @@ def _check_bounds(option: Option, value: Any) -> None:
         raise SettingsError(f"{option.flag} must be <= {option.maximum} (got {value})")
 
 
+# ----- per-request detection parameters ---------------------------------------------------------------
+@dataclass(frozen=True)
+class DetectParams:
+    """What one request asks of the detector; every field defaults to the predictor's default above.
+
+    The same names are the request parameters on the wire (``confidence``, ``iou``, ``max_detections``,
+    ``classes``, ``agnostic``); the predictor flags set their defaults (``--conf_threshold``,
+    ``--iou_threshold``, ``--max_detections``, ``--classes``). Checked once, here, against the flags'
+    bounds; the engine and the NMS take a ``DetectParams`` whole and trust it.
+
+    * ``confidence``: a prediction is a candidate if its objectness is above it, and kept if objectness ×
+      best class probability is above it too.
+    * ``iou``: boxes of one class overlapping more than this (IoU) are suppressed.
+    * ``max_detections``: at most this many detections per image (highest scores first).
+    * ``classes``: the class ids kept (``None`` or empty: every class); checked against the model's
+      number of classes by the NMS, the one place that knows it.
+    * ``agnostic``: suppress overlapping boxes across classes too.
+    """
+
+    confidence: float = PredictorSettings.conf_threshold
+    iou: float = PredictorSettings.iou_threshold
+    max_detections: int = PredictorSettings.max_detections
+    classes: tuple[int, ...] | None = None
+    agnostic: bool = False
+
+    def __post_init__(self) -> None:
+        for name, option in (("confidence", "conf_threshold"), ("iou", "iou_threshold"),
+                             ("max_detections", "max_detections")):
+            value, bounds = getattr(self, name), OPTIONS_BY_NAME[option]
+            integer = bounds.parse is int
+            if isinstance(value, bool) or not isinstance(value, int | float) or value != value \
+                    or (integer and float(value) != int(value)):
+                kind = "an integer" if integer else "a number"
+                raise ValueError(f"'{name}' must be {kind} in [{bounds.minimum:g}, {bounds.maximum:g}], "
+                                 f"got {value!r}")
+            if not bounds.minimum <= value <= bounds.maximum:
+                raise ValueError(f"'{name}' must be in [{bounds.minimum:g}, {bounds.maximum:g}], got {value}")
+            object.__setattr__(self, name, int(value) if integer else float(value))
+        classes = self.classes
+        if classes is not None:
+            if isinstance(classes, str | bytes) or not all(
+                    isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in classes):
+                raise ValueError(f"'classes' must be class ids (integers >= 0), got {classes!r}")
+            object.__setattr__(self, "classes", tuple(sorted(set(classes))) or None)
+        if not isinstance(self.agnostic, bool):
+            raise ValueError(f"'agnostic' must be true or false, got {self.agnostic!r}")
+
+
+def default_weights(environ: Mapping[str, str] | None = None,
+                    is_dir: Callable[[str], bool] = os.path.isdir) -> tuple[str, str]:
+    """The checkpoint to load when no ``--weights``/``YOLO_WEIGHTS`` is given, and why (for the start-up log).
+
+    KServe's ``/mnt/models`` wins when it exists (an InferenceService with a storageUri); otherwise the file or
+    folder baked into the image (``$YOLO_BAKED_WEIGHTS``, default ``/opt/yolo-v7/weights``: a folder holding
+    one checkpoint is that checkpoint).
+    """
+    environ = os.environ if environ is None else environ
+    if is_dir(MODEL_MOUNT_DIR):
+        return MODEL_MOUNT_DIR, "KServe's storageUri mount"
+    if environ.get(BAKED_WEIGHTS_ENV):
+        return environ[BAKED_WEIGHTS_ENV], f"baked weights from {BAKED_WEIGHTS_ENV}; no {MODEL_MOUNT_DIR}"
+    return BAKED_WEIGHTS_DIR, f"baked into the image; no {MODEL_MOUNT_DIR}"
+
+
+def serving_ports(http_port: int | None, grpc_port: int | None,
+                  environ: Mapping[str, str] | None = None) -> tuple[int, int, str]:
+    """``(http_port, grpc_port, where the HTTP port came from)`` from the flags (None = not given) and ``$PORT``.
+
+    Flags win; then ``$PORT`` (Cloud Run and Knative set it, and route to it only); then HTTP_PORT. gRPC keeps
+    GRPC_PORT unless the HTTP port took it (then HTTP + 1). Raises SettingsError for a bad ``$PORT`` or two
+    flags naming the same port.
+    """
+    environ = os.environ if environ is None else environ
+    if http_port is not None:
+        http, source = http_port, "--http_port"
+    elif environ.get(PORT_ENV, "").strip():
+        raw = environ[PORT_ENV].strip()
+        if not raw.isdigit() or not 0 < int(raw) < 65536:
+            raise SettingsError(f"{PORT_ENV}={raw!r}: must be a TCP port number (1-65535)")
+        http, source = int(raw), f"${PORT_ENV}"
+    else:
+        http, source = HTTP_PORT, "default"
+    if grpc_port is None:
+        grpc = GRPC_PORT if http != GRPC_PORT else http + 1
+    elif grpc_port == http and http != 0:
+        raise SettingsError(f"--grpc_port {grpc_port} is also the HTTP port ({source}); choose another")
+    else:
+        grpc = grpc_port
+    return http, grpc, source
+
+
 def parse_args(argv: Iterable[str], environ: Mapping[str, str] | None = None) -> PredictorSettings:
     """Parse only our options from ``argv`` (unknown flags ignored): handy for tests and the operator."""
     parser = PredictorSettings.add_arguments(argparse.ArgumentParser(add_help=False))
@@ -223,7 +327,15 @@ def parse_args(argv: Iterable[str], environ: Mapping[str, str] | None = None) ->
 
 __all__ = [
     "ACCELERATIONS",
+    "DetectParams",
     "ENGINES",
+    "GPU_ACCELERATIONS",
+    "BAKED_WEIGHTS_DIR",
+    "BAKED_WEIGHTS_ENV",
+    "GRPC_PORT",
+    "HTTP_PORT",
+    "MODEL_MOUNT_DIR",
+    "PORT_ENV",
     "OPTIONS",
     "OPTIONS_BY_NAME",
     "Option",
@@ -231,5 +343,7 @@ __all__ = [
     "PredictorSettings",
     "SettingsError",
     "VARIANT_NAMES",
+    "default_weights",
     "parse_args",
+    "serving_ports",
 ]

@@ -153,9 +153,13 @@ def _by_hand_hint(entry: WeightsEntry, url: str, dest: Path) -> str:
     )
 
 
+FILE_MODE = 0o644  # world-readable: images and volumes run the predictor under other (arbitrary) UIDs
+
+
 def _install(tmp: Path, final: Path) -> None:
     with open(tmp, "rb") as handle:
         os.fsync(handle.fileno())
+    os.chmod(tmp, FILE_MODE)  # mkstemp made it 0600
     os.replace(tmp, final)
 
 

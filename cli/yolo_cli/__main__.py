@@ -37,7 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.handler(args)
+        code = args.handler(args)
     except CliError as error:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code
@@ -48,6 +48,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
+    if code == EXIT_INTERRUPTED:
+        # Ctrl-C: the outputs are closed; do not wait at exit for requests in flight whose answers would
+        # be thrown away (each could take up to --timeout)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -32,22 +32,22 @@ INPUT_NAME = "images"
 
 @dataclass(frozen=True)
 class Params:
-    """Per-request thresholds; ``classes`` holds ids, or names to be resolved by the server."""
+    """Per-request thresholds, named as the request parameters (and ``predictor.settings.DetectParams``);
+    ``None`` leaves the predictor's default; ``classes`` holds ids, or names to be resolved by the server."""
 
-    conf: float | None = None
+    confidence: float | None = None
     iou: float | None = None
-    max_det: int | None = None
+    max_detections: int | None = None
     classes: tuple[int | str, ...] | None = None
     agnostic: bool = False
 
+    def chosen(self) -> dict[str, float | int]:
+        """The thresholds given (not left to the predictor's default), by name."""
+        values = {"confidence": self.confidence, "iou": self.iou, "max_detections": self.max_detections}
+        return {name: value for name, value in values.items() if value is not None}
+
     def as_request_parameters(self) -> dict[str, Any]:
-        parameters: dict[str, Any] = {}
-        if self.conf is not None:
-            parameters["confidence"] = self.conf
-        if self.iou is not None:
-            parameters["iou"] = self.iou
-        if self.max_det is not None:
-            parameters["max_detections"] = self.max_det
+        parameters: dict[str, Any] = dict(self.chosen())
         if self.classes:
             parameters["classes"] = ",".join(str(item) for item in self.classes)
         if self.agnostic:
@@ -107,19 +107,18 @@ class LocalClient:
         self._lock = threading.Lock()
 
     def detect(self, frames: Sequence[Frame], params: Params) -> list[Result]:
+        from predictor.settings import DetectParams  # the predictor's own defaults where none is given
+
         classes = None
         if params.classes:
-            classes = [resolve_class(item, self.names) for item in params.classes]
+            classes = tuple(resolve_class(item, self.names) for item in params.classes)
+        try:
+            chosen = DetectParams(**params.chosen(), classes=classes, agnostic=params.agnostic)
+        except ValueError as error:
+            raise CliError(str(error)) from None
         images = [cv2.cvtColor(frame.image, cv2.COLOR_BGR2RGB) for frame in frames]
         with self._lock:
-            detections = self.detector.detect(
-                images,
-                conf=0.25 if params.conf is None else params.conf,
-                iou=0.45 if params.iou is None else params.iou,
-                max_det=300 if params.max_det is None else params.max_det,
-                classes=classes,
-                agnostic=params.agnostic,
-            )
+            detections = self.detector.detect(images, chosen)
         results = []
         for image, det in zip(images, detections, strict=True):
             classes_ = np.asarray(det.classes, np.int64)

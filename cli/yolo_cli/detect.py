@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from predictor.settings import DetectParams
+
 from . import pipeline
 from .clients import Params, resolve_class
 from .common import (
@@ -21,7 +23,15 @@ from .common import (
     warn,
 )
 from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, CliError
-from .outputs import AnnotatedWriter, CocoWriter, ImageIds, JsonlWriter, category_mapper, default_category_map
+from .outputs import (
+    VIDEO_FORMATS,
+    AnnotatedWriter,
+    CocoWriter,
+    ImageIds,
+    JsonlWriter,
+    category_mapper,
+    default_category_map,
+)
 from .sources import count_frames, expand, iter_frames
 
 
@@ -36,6 +46,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="image file, folder, glob ('photos/*.jpg'), video file (.mp4, .avi, ...) or camera index")
     outputs = parser.add_argument_group("outputs (at least one; with none, JSON Lines go to stdout)")
     outputs.add_argument("--out", type=Path, help="folder for annotated images and videos")
+    outputs.add_argument("--video-format", choices=tuple(VIDEO_FORMATS), default="browser",
+                         help="annotated videos: 'browser' (default: H.264 MP4 when this OpenCV can write it, "
+                         "else VP8 WebM; both play in browsers) or 'mp4v' (faster to write; players such as "
+                         "VLC only)")
     outputs.add_argument("--jsonl", metavar="PATH", help="detections as JSON Lines, one line per image/frame ('-' = stdout)")
     outputs.add_argument("--coco", metavar="PATH", help="detections as a COCO results JSON (needs image ids)")
     outputs.add_argument("--annotations", metavar="JSON",
@@ -43,9 +57,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     outputs.add_argument("--category-map", choices=("coco80", "names", "identity"),
                          help="class id → COCO category id for --coco (default coco80 for 80-class models)")
     thresholds = parser.add_argument_group("thresholds (per request; the predictor's defaults when omitted)")
-    thresholds.add_argument("--conf", type=unit_interval, help="confidence threshold (predictor default 0.25)")
-    thresholds.add_argument("--iou", type=unit_interval, help="NMS IoU threshold (predictor default 0.45)")
-    thresholds.add_argument("--max-det", type=positive_int, help="maximum detections per image (default 300)")
+    defaults = DetectParams()
+    thresholds.add_argument("--conf", type=unit_interval,
+                            help=f"confidence threshold (predictor default {defaults.confidence:g})")
+    thresholds.add_argument("--iou", type=unit_interval, help=f"NMS IoU threshold (predictor default {defaults.iou:g})")
+    thresholds.add_argument("--max-det", type=positive_int,
+                            help=f"maximum detections per image (predictor default {defaults.max_detections})")
     thresholds.add_argument("--classes", help="only these classes: names or ids, comma-separated (person,car or 0,2)")
     thresholds.add_argument("--agnostic", action="store_true", help="class-agnostic NMS")
     parser.add_argument("--max-frames", type=positive_int, help="stop each video / camera after this many frames")
@@ -80,14 +97,15 @@ def run(args: argparse.Namespace) -> int:
         classes = parse_classes(args.classes)
         if classes and client.names is not None:
             classes = tuple(resolve_class(item, client.names) for item in classes)
-        params = Params(conf=args.conf, iou=args.iou, max_det=args.max_det, classes=classes, agnostic=args.agnostic)
+        params = Params(confidence=args.conf, iou=args.iou, max_detections=args.max_det, classes=classes,
+                        agnostic=args.agnostic)
 
         coco = None
         if args.coco:
             mode = args.category_map or default_category_map(client.names)
             coco = CocoWriter(args.coco, image_ids, category_mapper(mode, client.names, annotations))
         if args.out:
-            writers.append(AnnotatedWriter(args.out))
+            writers.append(AnnotatedWriter(args.out, args.video_format))
         if args.jsonl:
             writers.append(JsonlWriter(args.jsonl))
         if coco is not None:

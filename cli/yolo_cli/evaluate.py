@@ -2,7 +2,8 @@
 
 Detection runs at the official YOLOv7 evaluation settings (confidence 0.001, NMS IoU 0.65, at most 300
 detections per image, square 640 letterbox) through the predictor or in-process; the model's class ids
-are mapped to the annotations' category ids (the standard COCO 80 → 91 table by default), and
+are mapped to the annotations' category ids — by name when the categories have names, checked against
+them otherwise (:mod:`.category_scheme`: ids 1..90, 0..79, 1..80 or any numbering), and
 ``COCOeval`` computes AP over IoU 0.50:0.95, AP50, AP75 and AP by object size.
 """
 
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from . import pipeline
+from .category_scheme import MAPS, choose_category_map, foreign_results
 from .clients import Params
 from .common import (
     add_target_arguments,
@@ -31,7 +33,7 @@ from .common import (
     warn,
 )
 from .errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, CliError
-from .outputs import category_mapper, coco_results, default_category_map
+from .outputs import category_mapper, coco_results
 from .sources import Frame, Source
 
 OFFICIAL_CONF = 0.001
@@ -63,8 +65,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--save-detections", metavar="PATH", help="write the detections as a COCO results JSON")
     parser.add_argument("--detections", metavar="PATH",
                         help="evaluate this COCO results JSON instead of running the model")
-    parser.add_argument("--category-map", choices=("coco80", "names", "identity"),
-                        help="class id → category id (default coco80 for 80-class models, else names)")
+    parser.add_argument("--category-map", choices=MAPS,
+                        help="class id → category id (default: by the categories' names; refused when it "
+                        "contradicts them)")
     parser.add_argument("--conf", type=unit_interval, default=OFFICIAL_CONF,
                         help=f"confidence threshold (default {OFFICIAL_CONF}, the official setting)")
     parser.add_argument("--iou", type=unit_interval, default=OFFICIAL_IOU,
@@ -160,6 +163,9 @@ def run(args: argparse.Namespace) -> int:
             raise CliError(f"--detections {args.detections} is not a COCO results list")
         known = set(ids)
         results = [item for item in results if item.get("image_id") in known]
+        mismatch = foreign_results(results, annotations)
+        if mismatch:
+            warn(mismatch)
         evaluated = ids
         description = f"detections from {args.detections}"
     else:
@@ -169,9 +175,11 @@ def run(args: argparse.Namespace) -> int:
             if served and int(served) != OFFICIAL_INPUT_SIZE:
                 warn(f"the predictor letterboxes to {served}, not {OFFICIAL_INPUT_SIZE}: the official evaluation "
                      f"runs at {OFFICIAL_INPUT_SIZE} (start it with --input_size {OFFICIAL_INPUT_SIZE})")
-            mode = args.category_map or default_category_map(client.names)
+            mode, how = choose_category_map(args.category_map, client.names, annotations)
+            if not args.quiet:
+                print(how, file=sys.stderr)
             category = category_mapper(mode, client.names, annotations)
-            params = Params(conf=args.conf, iou=args.iou, max_det=args.max_det)
+            params = Params(confidence=args.conf, iou=args.iou, max_detections=args.max_det)
             results = []
 
             def on_result(frame: Frame, result) -> None:  # noqa: ANN001

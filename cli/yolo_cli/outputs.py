@@ -6,10 +6,13 @@ soon as ``close`` releases the writer) so an interrupted run keeps everything fi
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -28,6 +31,62 @@ PALETTE: tuple[tuple[int, int, int], ...] = (
     (168, 153, 44), (255, 194, 0), (147, 69, 52), (255, 115, 100), (236, 24, 0),
     (255, 56, 132), (133, 0, 82), (255, 56, 203), (200, 149, 255), (199, 55, 255),
 )  # fmt: skip
+
+
+# Annotated videos: (suffix, fourcc, description), most preferred first; the first one this OpenCV build
+# can write is used. Browsers play H.264 MP4 and VP8 WebM; they do not play the MPEG-4 part 2 ("mp4v") or
+# MJPG AVI that OpenCV writes most easily. The opencv-python(-headless) wheels have no H.264 encoder (only
+# a V4L2 hardware one), so with them the output is VP8 WebM; an OpenCV built against a full FFmpeg writes
+# H.264 MP4.
+VIDEO_FORMATS: dict[str, tuple[tuple[str, str, str], ...]] = {
+    "browser": (("mp4", "avc1", "H.264 MP4"), ("webm", "VP80", "VP8 WebM")),
+    "mp4v": (("mp4", "mp4v", "MPEG-4 part 2 MP4, fast to write, not playable in browsers"),),
+}
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """FFmpeg and OpenCV print to file descriptor 2 when a codec is missing or a tag is remapped."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _open_writer(path: str, fourcc: str, fps: float, size: tuple[int, int]) -> cv2.VideoWriter:
+    with _quiet_stderr():
+        return cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*fourcc), fps, size)
+
+
+@functools.cache
+def video_format(kind: str = "browser") -> tuple[str, str, str]:
+    """(suffix, fourcc, description) of the first format of ``VIDEO_FORMATS[kind]`` this OpenCV writes."""
+    with tempfile.TemporaryDirectory(prefix="yolo-v7-codec-") as folder:
+        for suffix, fourcc, description in VIDEO_FORMATS[kind]:
+            writer = _open_writer(os.path.join(folder, f"probe.{suffix}"), fourcc, 10.0, (64, 48))
+            usable = writer.isOpened()
+            if usable:
+                writer.write(np.zeros((48, 64, 3), np.uint8))
+            with _quiet_stderr():
+                writer.release()
+            if usable:
+                return suffix, fourcc, description
+    raise CliError(f"this OpenCV build can write none of: {', '.join(d for _, _, d in VIDEO_FORMATS[kind])}")
+
+
+def open_video(stem_path: Path, fps: float, size: tuple[int, int], kind: str = "browser") -> tuple[cv2.VideoWriter, Path]:
+    """A video writer for ``stem_path`` + the suffix of :func:`video_format`; (writer, path)."""
+    suffix, fourcc, _ = video_format(kind)
+    path = stem_path.with_name(f"{stem_path.name}.{suffix}")
+    writer = _open_writer(str(path), fourcc, float(fps), size)
+    if not writer.isOpened():
+        raise CliError(f"cannot open a video writer for {path}")
+    return writer, path
 
 
 def draw(image_bgr: np.ndarray, result: Result) -> np.ndarray:
@@ -50,11 +109,12 @@ def draw(image_bgr: np.ndarray, result: Result) -> np.ndarray:
 
 
 class AnnotatedWriter:
-    """``--out DIR``: images as DIR/<name>, videos as DIR/<stem>.mp4 (mp4v) or .avi (MJPG) with the
-    source's frame rate and size; camera streams as DIR/camera<N>.mp4."""
+    """``--out DIR``: images as DIR/<name>, videos as DIR/<stem>.<webm|mp4> (see ``VIDEO_FORMATS``) with
+    the source's frame rate and size; camera streams as DIR/camera<N>.<webm|mp4>."""
 
-    def __init__(self, out_dir: Path) -> None:
+    def __init__(self, out_dir: Path, video_kind: str = "browser") -> None:
         self.out_dir = out_dir
+        self.video_kind = video_kind
         out_dir.mkdir(parents=True, exist_ok=True)
         self._names: dict[int, Path] = {}  # by id(source): the same file given twice gets two outputs
         self._used: set[str] = set()
@@ -70,9 +130,9 @@ class AnnotatedWriter:
             if source.path.suffix.lower() not in (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"):
                 base = source.path.stem + ".png"
         elif source.kind == "video":
-            base = source.path.stem + (".avi" if source.path.suffix.lower() == ".avi" else ".mp4")
+            base = f"{source.path.stem}.{video_format(self.video_kind)[0]}"
         else:
-            base = f"{source.name}.mp4"
+            base = f"{source.name}.{video_format(self.video_kind)[0]}"
         stem, suffix = os.path.splitext(base)
         name, counter = base, 1
         while name in self._used:
@@ -92,11 +152,9 @@ class AnnotatedWriter:
             return
         if self._video_source is not frame.source:
             self._close_video()
-            fourcc = cv2.VideoWriter_fourcc(*("MJPG" if path.suffix == ".avi" else "mp4v"))
             height, width = canvas.shape[:2]
-            writer = cv2.VideoWriter(str(path), fourcc, float(frame.fps or 30.0), (width, height))
-            if not writer.isOpened():
-                raise CliError(f"cannot open a video writer for {path}")
+            writer, path = open_video(path.with_suffix(""), float(frame.fps or 30.0), (width, height),
+                                      self.video_kind)
             self._video, self._video_source = writer, frame.source
             self.written.append(path)
         self._video.write(canvas)

@@ -12,6 +12,8 @@ second Ctrl-C raises KeyboardInterrupt at once.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import sys
 import threading
@@ -23,7 +25,7 @@ from dataclasses import dataclass
 from itertools import islice
 
 from .clients import Params, Result
-from .errors import UnreadableInput
+from .errors import EXIT_INTERRUPTED, UnreadableInput
 from .sources import Frame, load_image
 
 
@@ -36,7 +38,11 @@ class Outcome:
 
 
 class StopFlag:
-    """Turns the first SIGINT into a flag (restoring the default handler for the second)."""
+    """Turns the first SIGINT into a flag; the second ends the process at once (exit 130).
+
+    Raising KeyboardInterrupt on the second one is not enough: the interpreter would still wait at exit
+    for the worker threads' requests in flight (up to ``--timeout`` each). Output already flushed stays
+    (every JSON Lines record, every finished image); a video being written may lack its index."""
 
     def __init__(self) -> None:
         self.event = threading.Event()
@@ -49,11 +55,21 @@ class StopFlag:
 
     def _handle(self, signum, frame) -> None:  # noqa: ANN001
         self.event.set()
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGINT, self._abort)
         print("\ninterrupted: finishing the output written so far (Ctrl-C again to abort)", file=sys.stderr)
 
+    @staticmethod
+    def _abort(signum, frame) -> None:  # noqa: ANN001
+        print("\naborted", file=sys.stderr)
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(EXIT_INTERRUPTED)
+
     def __exit__(self, *exc) -> None:
-        if self._previous is not None:
+        # once interrupted, a second Ctrl-C aborts until the process ends: it may still be waiting for the
+        # worker threads' requests in flight when the interpreter shuts down
+        if self._previous is not None and not self.event.is_set():
             signal.signal(signal.SIGINT, self._previous)
 
     @property

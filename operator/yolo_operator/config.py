@@ -23,14 +23,41 @@ ISVC_PLURAL = "inferenceservices"
 ISVC_KIND = "InferenceService"
 ISVC_API_VERSION = f"{ISVC_GROUP}/{ISVC_VERSION}"
 DEPLOYMENT_MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
+KNATIVE_SERVING_GROUP = "serving.knative.dev"
 DEPLOYMENT_MODES: tuple[str, ...] = ("RawDeployment", "Standard", "Serverless", "Knative")
 SERVERLESS_MODES: frozenset[str] = frozenset({"Serverless", "Knative"})
+# KServe >= 0.16 names the modes Standard/Knative (and 0.17+ rewrites the legacy names to them, constants.go:559-586);
+# 0.15 knows only RawDeployment/Serverless. Each mode's (current, legacy) name:
+STANDARD, KNATIVE = "Standard", "Knative"
+LEGACY_MODE_NAMES: dict[str, str] = {STANDARD: "RawDeployment", KNATIVE: "Serverless"}
+# operator config `kserve_mode_names`: which names to write. auto = the names KServe stored in the live
+# InferenceService's status.deploymentMode; before KServe has stored one, the legacy names (every version knows them).
+MODE_NAMINGS: tuple[str, ...] = ("auto", "legacy", "current")
+
+# ----- Knative Serving's config-features flags that gate pod-spec fields of a Serverless predictor --------
+# (knative fieldmask.go:242-291; stock: all disabled except volumes-emptydir). The operator is told which ones a
+# cluster enables (YOLO_OPERATOR_KNATIVE_FEATURES); a spec that needs one that is off is Valid=False.
+KNATIVE_FLAGS: dict[str, str] = {
+    "securityContext": "kubernetes.podspec-securitycontext",
+    "nodeSelector": "kubernetes.podspec-nodeselector",
+    "tolerations": "kubernetes.podspec-tolerations",
+    "affinity": "kubernetes.podspec-affinity",
+    "priorityClassName": "kubernetes.podspec-priorityclassname",
+    "runtimeClassName": "kubernetes.podspec-runtimeclassname",
+}
+KNATIVE_EMPTYDIR_FLAG = "kubernetes.podspec-volumes-emptydir"
+KNATIVE_STOCK_ENABLED: frozenset[str] = frozenset({KNATIVE_EMPTYDIR_FLAG})
+# startupProbe is refused by Knative before 1.15 (knative/serving#15309).
+KNATIVE_STARTUP_PROBE_VERSION = (1, 15)
+DEFAULT_KNATIVE_VERSION = "1.10"  # the oldest supported: no startupProbe unless told otherwise
 
 # ----- labels the operator puts on what it makes (and finds it again by) ---------------------------
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "yolo-v7-operator"
 DETECTOR_LABEL = f"{GROUP}/detector"
 VARIANT_LABEL = f"{GROUP}/variant"
+# On the InferenceService: the keys of the spec.labels last applied (to remove the ones dropped from the spec).
+USER_LABELS_ANNOTATION = f"{GROUP}/user-labels"
 # Where kopf keeps its own bookkeeping on YoloDetectors (annotations, not status: the CRD prunes status).
 KOPF_ANNOTATION_PREFIX = GROUP
 
@@ -76,12 +103,28 @@ class OperatorConfig:
     # Every watch is re-established (re-listed) at least this often.
     watch_timeout_seconds: float = 60.0
     liveness: str = "http://0.0.0.0:8080/healthz"
+    # Knative config-features flags that this cluster enables (stock Knative: only volumes-emptydir).
+    knative_features: frozenset[str] = KNATIVE_STOCK_ENABLED
+    knative_version: str = DEFAULT_KNATIVE_VERSION
+    kserve_mode_names: str = "auto"
+
+    def knative_enabled(self, flag: str) -> bool:
+        return flag in self.knative_features
+
+    def knative_startup_probe(self) -> bool:
+        """Whether the cluster's Knative admits a startupProbe (1.15 and later)."""
+        try:
+            version = tuple(int(part) for part in self.knative_version.lstrip("v").split(".")[:2])
+        except ValueError:
+            return False
+        return version >= KNATIVE_STARTUP_PROBE_VERSION
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorConfig:
         """``YOLO_OPERATOR_IMAGE``, ``_IMAGE_PULL_POLICY``, ``_BAKED_VARIANTS`` (comma list), ``_BAKED_RELEASE``,
         ``_RELEASE_BASE_URL``, ``_NAMESPACES`` (comma list; empty = all), ``_RESYNC_SECONDS``, ``_WATCH_TIMEOUT_SECONDS``,
-        ``_LIVENESS``."""
+        ``_LIVENESS``, ``_KNATIVE_FEATURES`` (comma list of the config-features flags the cluster enables beyond
+        stock Knative's), ``_KNATIVE_VERSION`` (e.g. 1.23), ``_KSERVE_MODE_NAMES`` (auto, legacy or current)."""
         env = os.environ if environ is None else environ
         default = cls()
 
@@ -89,6 +132,10 @@ class OperatorConfig:
             return env.get(ENV_PREFIX + key, "").strip() or fallback
 
         baked = env.get(ENV_PREFIX + "BAKED_VARIANTS")
+        features = env.get(ENV_PREFIX + "KNATIVE_FEATURES")
+        naming = get("KSERVE_MODE_NAMES", default.kserve_mode_names)
+        if naming not in MODE_NAMINGS:
+            raise ValueError(f"{ENV_PREFIX}KSERVE_MODE_NAMES must be one of {', '.join(MODE_NAMINGS)} (got {naming!r})")
         return cls(
             image=get("IMAGE", default.image),
             image_pull_policy=get("IMAGE_PULL_POLICY", default.image_pull_policy),
@@ -99,4 +146,7 @@ class OperatorConfig:
             resync_seconds=float(get("RESYNC_SECONDS", str(default.resync_seconds))),
             watch_timeout_seconds=float(get("WATCH_TIMEOUT_SECONDS", str(default.watch_timeout_seconds))),
             liveness=get("LIVENESS", default.liveness),
+            knative_features=default.knative_features | frozenset(_split(features or "")),
+            knative_version=get("KNATIVE_VERSION", default.knative_version),
+            kserve_mode_names=naming,
         )

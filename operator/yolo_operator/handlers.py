@@ -19,7 +19,7 @@ from . import manifests, validation
 from .config import OperatorConfig
 from .kube import Kube, api_client
 
-VALID, READY = "Valid", "Ready"
+VALID, READY, PROGRESSING = "Valid", "Ready", "Progressing"
 
 
 # ----- status ---------------------------------------------------------------------------------------
@@ -37,19 +37,51 @@ def condition(kind: str, status: str, reason: str, message: str, previous: list[
     return out
 
 
-def ready_condition(isvc: Mapping[str, Any] | None, previous: list[Mapping[str, Any]]) -> dict[str, Any]:
-    """Ready mirrors the InferenceService's own Ready condition (set by KServe's controller)."""
+def _their(isvc: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None:
+    return next((cond for cond in (isvc.get("status") or {}).get("conditions") or [] if cond.get("type") == kind), None)
+
+
+def rollout_state(isvc: Mapping[str, Any] | None, *, knative_missing: bool = False,
+                  warning: str = "") -> tuple[str, str, str]:
+    """``(Ready status, reason, message)`` for the detector, from KServe's own account of the InferenceService.
+
+    Ready is True only when KServe has reconciled the InferenceService's latest generation
+    (``status.observedGeneration == metadata.generation``) and reports both ``Ready`` and its predictor component
+    (``PredictorReady``) True: a rollout of a new generation is never reported as the old one's Ready."""
     if isvc is None:
-        return condition(READY, "False", "InferenceServiceMissing", "the InferenceService does not exist (yet)",
-                         previous)
-    conditions = (isvc.get("status") or {}).get("conditions") or []
-    theirs = next((cond for cond in conditions if cond.get("type") == "Ready"), None)
-    if theirs is None:
-        return condition(READY, "Unknown", "Pending", "waiting for KServe to report the InferenceService's "
-                                                      "Ready condition", previous)
-    status = theirs.get("status") or "Unknown"
-    default_reason = "InferenceServiceReady" if status == "True" else "InferenceServiceNotReady"
-    return condition(READY, status, theirs.get("reason") or default_reason, theirs.get("message") or "", previous)
+        return "False", "InferenceServiceMissing", "the InferenceService does not exist (yet)"
+    if knative_missing:
+        return "False", "KnativeNotInstalled", ("deploymentMode Serverless needs Knative Serving, and this cluster "
+                                                "does not serve serving.knative.dev: install it, or use RawDeployment")
+    generation = (isvc.get("metadata") or {}).get("generation")
+    observed = (isvc.get("status") or {}).get("observedGeneration")
+    if generation is not None and observed != generation:
+        return "Unknown", "KServeReconciling", (f"KServe has not yet reconciled generation {generation} of the "
+                                                f"InferenceService (observed: {observed})")
+    ready, predictor = _their(isvc, "Ready"), _their(isvc, "PredictorReady")
+    if ready is None:
+        return "Unknown", "Pending", "waiting for KServe to report the InferenceService's Ready condition"
+    status = ready.get("status") or "Unknown"
+    if status == "True" and predictor is not None and predictor.get("status") != "True":
+        status, ready = "False", predictor
+    message = " - ".join(part for part in (ready.get("message") or "", warning if status != "True" else "") if part)
+    reason = ready.get("reason") or ("InferenceServiceReady" if status == "True" else "InferenceServiceNotReady")
+    return status, reason, message
+
+
+def ready_condition(isvc: Mapping[str, Any] | None, previous: list[Mapping[str, Any]], *,
+                    knative_missing: bool = False, warning: str = "") -> dict[str, Any]:
+    status, reason, message = rollout_state(isvc, knative_missing=knative_missing, warning=warning)
+    return condition(READY, status, reason, message, previous)
+
+
+def progressing_condition(ready: Mapping[str, Any], previous: list[Mapping[str, Any]]) -> dict[str, Any]:
+    """Progressing: True while KServe works towards the latest spec, False once Ready or when it cannot."""
+    if ready["status"] == "True":
+        return condition(PROGRESSING, "False", "RolloutComplete", "", previous)
+    if ready["reason"] in ("KnativeNotInstalled", "NameConflict", "ApplyFailed"):
+        return condition(PROGRESSING, "False", ready["reason"], ready.get("message", ""), previous)
+    return condition(PROGRESSING, "True", ready["reason"], ready.get("message", ""), previous)
 
 
 def _comparable(status: Mapping[str, Any]) -> dict[str, Any]:
@@ -65,8 +97,12 @@ def _owned_by(obj: Mapping[str, Any], uid: str) -> bool:
 
 
 def apply(kube: Kube, desired: Mapping[str, Any], live: Mapping[str, Any] | None,
-          logger: logging.Logger | logging.LoggerAdapter) -> Mapping[str, Any]:
-    """Create ``desired``, or patch the live object where it differs. Returns the live object."""
+          logger: logging.Logger | logging.LoggerAdapter, owner_labels: Mapping[str, str] | None = None,
+          ) -> Mapping[str, Any]:
+    """Create ``desired``, or patch the live object where it differs. Returns the live object.
+
+    Labels the operator put there and the spec dropped are removed (``manifests.stale_labels``); the deployment-mode
+    annotation is compared as KServe reads it (``manifests.mode_differs``), quantities as quantities."""
     meta = desired["metadata"]
     namespace, name = meta["namespace"], meta["name"]
     if live is None:
@@ -77,12 +113,18 @@ def apply(kube: Kube, desired: Mapping[str, Any], live: Mapping[str, Any] | None
         live = kube.get_isvc(namespace, name)  # 409: it exists after all
         if live is None:
             raise kopf.TemporaryError(f"InferenceService {namespace}/{name} came and went", delay=1)
-    patch = {
-        "metadata": {key: meta[key] for key in ("labels", "annotations", "ownerReferences")},
+    labels: dict[str, Any] = dict(meta["labels"])
+    labels.update(dict.fromkeys(manifests.stale_labels(labels, live, owner_labels or {})))
+    annotations = {k: v for k, v in meta["annotations"].items() if k != c.DEPLOYMENT_MODE_ANNOTATION}
+    patch: dict[str, Any] = {
+        "metadata": {"labels": labels, "annotations": annotations, "ownerReferences": meta["ownerReferences"]},
         "spec": desired["spec"],
     }
-    if not manifests.differs(patch, live):
+    mode_change = manifests.mode_differs(desired, live)
+    if not mode_change and not manifests.differs(patch, live):
         return live
+    if mode_change:
+        annotations[c.DEPLOYMENT_MODE_ANNOTATION] = meta["annotations"][c.DEPLOYMENT_MODE_ANNOTATION]
     logger.info(f"patching InferenceService {namespace}/{name} to match the YoloDetector")
     return kube.patch_isvc(namespace, name, patch)
 
@@ -91,20 +133,21 @@ def reconcile(kube: Kube, config: OperatorConfig, body: Mapping[str, Any],
               logger: logging.Logger | logging.LoggerAdapter) -> dict[str, Any]:
     """Bring the detector's InferenceService in line with its spec and write its status. Returns the status.
 
-    An invalid spec is reported (Valid=False) and not retried: it waits for the next spec change, while the
-    existing InferenceService keeps serving the last valid one. Transient API failures raise
-    ``kopf.TemporaryError`` (kopf retries); a manifest the API server rejects raises ``kopf.PermanentError``.
+    The spec is normalised once (``manifests.normalise``) and handed to every check and builder. An invalid spec
+    is reported (Valid=False) and not retried: it waits for the next spec change, while the existing
+    InferenceService keeps serving the last valid one. Transient API failures raise ``kopf.TemporaryError``
+    (kopf retries); a manifest the API server rejects raises ``kopf.PermanentError``.
     """
     meta = body["metadata"]
     name, namespace, uid = meta["name"], meta["namespace"], meta["uid"]
-    spec = dict(body.get("spec") or {})
+    spec = manifests.normalise(body.get("spec"))
     old_status = dict(body.get("status") or {})
     previous = list(old_status.get("conditions") or [])
     if meta.get("deletionTimestamp"):
         return old_status  # the garbage collector takes the InferenceService with it
 
     live = kube.get_isvc(namespace, name)
-    problems = validation.validate(name, spec, config, isvc_exists=live is not None)
+    problems = validation.validate(name, spec, config, namespace=namespace, live=live)
     errors, warnings = validation.errors(problems), validation.warnings(problems)
     status: dict[str, Any] = {"observedGeneration": meta.get("generation"), "inferenceService": name}
     failure: kopf.PermanentError | kopf.TemporaryError | None = None
@@ -112,7 +155,7 @@ def reconcile(kube: Kube, config: OperatorConfig, body: Mapping[str, Any],
     if errors:
         message = validation.summary(errors)
         valid = condition(VALID, "False", "InvalidSpec", message, previous)
-        ready = ready_condition(live, previous)
+        ready = _observe(kube, live, spec, previous)
     else:
         valid = condition(VALID, "True", "ValidWithWarnings" if warnings else "Valid",
                           validation.summary(warnings), previous)
@@ -122,16 +165,18 @@ def reconcile(kube: Kube, config: OperatorConfig, body: Mapping[str, Any],
             ready = condition(READY, "False", "NameConflict", message, previous)
             failure = kopf.TemporaryError(message, delay=30)
         else:
-            desired = manifests.build_inference_service(name, namespace, spec, config)
-            kopf.adopt(desired, owner=body)  # type: ignore[arg-type]
+            desired = manifests.build_inference_service(name, namespace, spec, config, live)
+            # an owner reference only: kopf.adopt would also copy the detector's labels, which KServe passes on
+            # to the pod template (a relabelled detector would restart its pods)
+            kopf.append_owner_reference(desired, owner=body)  # type: ignore[arg-type]
             try:
-                live = apply(kube, desired, live, logger)
-                ready = ready_condition(live, previous)
+                live = apply(kube, desired, live, logger, owner_labels=meta.get("labels") or {})
+                ready = _observe(kube, live, spec, previous)
             except (kopf.PermanentError, kopf.TemporaryError) as error:
                 ready = condition(READY, "False", "ApplyFailed", str(error), previous)
                 failure = error
 
-    status["conditions"] = [valid, ready]
+    status["conditions"] = [valid, ready, progressing_condition(ready, previous)]
     status["url"] = ((live or {}).get("status") or {}).get("url") or None  # None deletes a stale URL
     if _comparable(status) != _comparable({k: old_status.get(k) for k in status}):
         if errors and valid["lastTransitionTime"] != (next((p for p in previous if p.get("type") == VALID), {})
@@ -141,6 +186,23 @@ def reconcile(kube: Kube, config: OperatorConfig, body: Mapping[str, Any],
     if failure is not None:
         raise failure
     return status
+
+
+def _observe(kube: Kube, live: Mapping[str, Any] | None, spec: manifests.Spec,
+             previous: list[Mapping[str, Any]]) -> dict[str, Any]:
+    """The Ready condition, with what only the cluster can tell when it is not Ready: whether Knative is
+    installed (Serverless), and KServe's latest Warning event about the InferenceService."""
+    status, _, _ = rollout_state(live)
+    knative_missing, warning = False, ""
+    if live is not None and status != "True":
+        meta = live["metadata"]
+        if manifests.live_mode(live) == c.KNATIVE or manifests.is_serverless(spec):
+            try:
+                knative_missing = not kube.api_group_served(c.KNATIVE_SERVING_GROUP)
+            except kopf.TemporaryError:  # discovery failed this time: say nothing rather than guess
+                knative_missing = False
+        warning = kube.latest_warning(meta["namespace"], meta["name"])
+    return ready_condition(live, previous, knative_missing=knative_missing, warning=warning)
 
 
 # ----- handlers ------------------------------------------------------------------------------------

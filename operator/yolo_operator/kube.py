@@ -59,6 +59,28 @@ class Kube:
 
     def __init__(self, api: client.ApiClient) -> None:
         self.custom = client.CustomObjectsApi(api)
+        self.apis = client.ApisApi(api)
+        self.core = client.CoreV1Api(api)
+
+    # ----- what the cluster tells about an InferenceService beyond its status ----------------------------
+    def api_group_served(self, group: str) -> bool:
+        """Whether the API server serves ``group`` (discovery, open to every authenticated user)."""
+        with _classified("discover API groups"):
+            found = self.apis.get_api_versions(_request_timeout=REQUEST_TIMEOUT)
+        return any(item.name == group for item in found.groups or [])
+
+    def latest_warning(self, namespace: str, name: str) -> str:
+        """KServe's latest Warning event about the InferenceService ('' for none, or without the RBAC to read)."""
+        selector = f"involvedObject.kind={c.ISVC_KIND},involvedObject.name={name},type=Warning"
+        try:
+            events = self.core.list_namespaced_event(namespace, field_selector=selector,
+                                                     _request_timeout=REQUEST_TIMEOUT).items
+        except (ApiException, OSError, urllib3.exceptions.HTTPError):
+            return ""
+        if not events:
+            return ""
+        last = max(events, key=lambda e: str(e.last_timestamp or e.event_time or e.metadata.creation_timestamp or ""))
+        return f"{last.reason}: {last.message}"
 
     # ----- InferenceServices ----------------------------------------------------------------------
     def get_isvc(self, namespace: str, name: str) -> dict[str, Any] | None:

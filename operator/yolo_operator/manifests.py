@@ -14,6 +14,8 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
+from kubernetes.utils.quantity import parse_quantity
+
 from predictor.settings import PredictorSettings
 
 from . import config as c
@@ -23,6 +25,7 @@ from .config import OperatorConfig
 # (tests/unit/test_manifests.py checks that they agree), so a spec read from the API server is already
 # complete; applying them here again keeps the builders total on partial specs (unit tests, old objects).
 # variant/version are deliberately absent: with a storageUri the checkpoint names its own architecture.
+# resources.cpuLimit is absent too: it defaults to resources.cpu (``normalise``).
 SPEC_DEFAULTS: dict[str, Any] = {
     "thresholds": {"confidence": 0.25, "iou": 0.45, "maxDetections": 300, "classes": []},
     "inputSize": 0,
@@ -37,11 +40,19 @@ SPEC_DEFAULTS: dict[str, Any] = {
 }
 
 
-def with_defaults(spec: Mapping[str, Any] | None) -> dict[str, Any]:
-    """A deep copy of ``spec`` with ``SPEC_DEFAULTS`` filled in where a field is absent (or null)."""
+class Spec(dict):
+    """A YoloDetector spec with every default applied: made once per reconcile by ``normalise`` and handed to
+    every builder and check, none of which applies defaults again."""
+
+
+def normalise(spec: Mapping[str, Any] | None) -> Spec:
+    """A deep copy of ``spec`` with ``SPEC_DEFAULTS`` filled in where a field is absent (or null), and
+    ``resources.cpuLimit`` defaulting to ``resources.cpu``. A ``Spec`` is returned as it is."""
+    if isinstance(spec, Spec):
+        return spec
 
     def merge(defaults: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
-        out = copy.deepcopy(dict(given))
+        out = dict(given)
         for key, default in defaults.items():
             if out.get(key) is None:
                 out[key] = copy.deepcopy(default)
@@ -49,7 +60,51 @@ def with_defaults(spec: Mapping[str, Any] | None) -> dict[str, Any]:
                 out[key] = merge(default, out[key])
         return out
 
-    return merge(SPEC_DEFAULTS, spec or {})
+    out = Spec(merge(SPEC_DEFAULTS, copy.deepcopy(dict(spec or {}))))
+    resources = out["resources"]
+    if isinstance(resources, dict) and resources.get("cpuLimit") is None:
+        resources["cpuLimit"] = resources.get("cpu")
+    return out
+
+
+# ----- KServe's deployment modes ------------------------------------------------------------------------
+def normal_mode(name: str | None) -> str:
+    """KServe >= 0.17's name for a mode (``constants.go:571-586``: RawDeployment → Standard, Serverless → Knative)."""
+    legacy = {old: new for new, old in c.LEGACY_MODE_NAMES.items()}
+    return legacy.get(name or "", name or "")
+
+
+def is_serverless(spec: Mapping[str, Any]) -> bool:
+    return normal_mode(normalise(spec)["deploymentMode"]) == c.KNATIVE
+
+
+def stored_mode(isvc: Mapping[str, Any] | None) -> str:
+    """The mode name KServe recorded in the InferenceService's status ('' before its first reconcile)."""
+    return str(((isvc or {}).get("status") or {}).get("deploymentMode") or "")
+
+
+def live_mode(isvc: Mapping[str, Any] | None) -> str:
+    """The (normalised) mode a live InferenceService runs in: KServe's status, else its annotation; '' for none."""
+    if isvc is None:
+        return ""
+    annotation = ((isvc.get("metadata") or {}).get("annotations") or {}).get(c.DEPLOYMENT_MODE_ANNOTATION)
+    return normal_mode(stored_mode(isvc) or annotation or "")
+
+
+def mode_name(mode: str, isvc: Mapping[str, Any] | None, config: OperatorConfig) -> str:
+    """The annotation value to write for ``mode``, in the naming the cluster's KServe uses.
+
+    KServe 0.15 knows only RawDeployment/Serverless; 0.16 stores ``status.deploymentMode: Standard`` and refuses
+    any update whose annotation differs from it (``inference_service_validation.go:691-700``); 0.17+ rewrites the
+    legacy names (``inference_service_defaults.go:166-176``). So: once KServe stored a mode name, write that naming;
+    before, ``config.kserve_mode_names`` (auto = legacy, which every version accepts)."""
+    mode = normal_mode(mode)
+    stored = stored_mode(isvc)
+    if stored in c.DEPLOYMENT_MODES:
+        legacy = stored in c.LEGACY_MODE_NAMES.values()
+    else:
+        legacy = config.kserve_mode_names != "current"
+    return c.LEGACY_MODE_NAMES.get(mode, mode) if legacy else mode
 
 
 # ----- the model: which weights, from where ---------------------------------------------------------
@@ -82,7 +137,7 @@ def model_source(spec: Mapping[str, Any], config: OperatorConfig) -> dict[str, s
 
 def predictor_settings(spec: Mapping[str, Any], config: OperatorConfig) -> PredictorSettings:
     """The predictor's settings for ``spec``. Raises ``predictor.settings.SettingsError`` when out of bounds."""
-    spec = with_defaults(spec)
+    spec = normalise(spec)
     source = model_source(spec, config)
     thresholds, batching, limits, resources = spec["thresholds"], spec["batching"], spec["limits"], spec["resources"]
     return PredictorSettings(
@@ -118,10 +173,13 @@ def container_args(name: str, spec: Mapping[str, Any], config: OperatorConfig) -
 
 
 def container_resources(spec: Mapping[str, Any]) -> dict[str, Any]:
-    """Requests cpu + memory; limits memory (+ the GPUs: an extended resource is set as a limit)."""
-    resources = with_defaults(spec)["resources"]
+    """Every request and limit written out: cpu (limit ``cpuLimit``, default the request) and memory, plus the GPUs
+    (an extended resource is set as a limit). KServe's defaulting webhook fills only what is missing, from its
+    ``inferenceservice-config`` (``inference_service_defaults.go:77-93``: stock cpuLimit "1"), which would put a
+    limit under our request and have every pod refused."""
+    resources = normalise(spec)["resources"]
     requests = {"cpu": str(resources["cpu"]), "memory": str(resources["memory"])}
-    limits: dict[str, str] = {"memory": str(resources["memory"])}
+    limits: dict[str, str] = {"cpu": str(resources["cpuLimit"]), "memory": str(resources["memory"])}
     gpus = int(resources["gpu"])
     if gpus > 0:
         limits[resources["gpuResourceName"]] = str(gpus)
@@ -129,7 +187,8 @@ def container_resources(spec: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def container_security_context() -> dict[str, Any]:
-    """OpenShift restricted-v2 compatible: no fixed uid/gid (the platform assigns them)."""
+    """OpenShift restricted-v2 compatible: no fixed uid/gid (the platform assigns them). Container-level only:
+    Knative refuses a pod-level securityContext unless kubernetes.podspec-securitycontext is on (fieldmask.go:260)."""
     return {
         "runAsNonRoot": True,
         "allowPrivilegeEscalation": False,
@@ -139,10 +198,10 @@ def container_security_context() -> dict[str, Any]:
     }
 
 
-def container_ports(deployment_mode: str) -> list[dict[str, Any]]:
+def container_ports(serverless: bool) -> list[dict[str, Any]]:
     """HTTP (KServe's ``http1``) and gRPC (``h2c``). Knative allows one port only: Serverless gets HTTP."""
     ports = [{"name": "http1", "containerPort": c.HTTP_PORT, "protocol": "TCP"}]
-    if deployment_mode not in c.SERVERLESS_MODES:
+    if not serverless:
         ports.append({"name": "h2c", "containerPort": c.GRPC_PORT, "protocol": "TCP"})
     return ports
 
@@ -151,9 +210,28 @@ def _probe(path: str, **timing: int) -> dict[str, Any]:
     return {"httpGet": {"path": path, "port": c.HTTP_PORT}, **timing}
 
 
+STARTUP_PERIOD_SECONDS, STARTUP_FAILURES = 5, 60  # up to 5 minutes to load the model
+
+
+def container_probes(serverless: bool, config: OperatorConfig) -> dict[str, Any]:
+    """Startup, liveness and readiness probes on the v2 health routes. Where Knative refuses a startupProbe (before
+    1.15), the liveness probe waits out the same start-up budget instead."""
+    probes: dict[str, Any] = {
+        "livenessProbe": _probe("/v2/health/live", periodSeconds=20, failureThreshold=3, timeoutSeconds=5),
+        "readinessProbe": _probe("/v2/health/ready", periodSeconds=5, failureThreshold=3, timeoutSeconds=5),
+    }
+    if serverless and not config.knative_startup_probe():
+        probes["livenessProbe"]["initialDelaySeconds"] = STARTUP_PERIOD_SECONDS * STARTUP_FAILURES
+    else:
+        probes["startupProbe"] = _probe("/v2/health/live", periodSeconds=STARTUP_PERIOD_SECONDS,
+                                        failureThreshold=STARTUP_FAILURES, timeoutSeconds=5)
+    return probes
+
+
 def predictor_container(name: str, spec: Mapping[str, Any], config: OperatorConfig) -> dict[str, Any]:
     """The custom predictor's one container (``spec.predictor.containers[0]``)."""
-    spec = with_defaults(spec)
+    spec = normalise(spec)
+    serverless = is_serverless(spec)
     source = model_source(spec, config)
     env = [{"name": "HOME", "value": "/tmp"}]
     if source["storageUri"]:
@@ -166,11 +244,9 @@ def predictor_container(name: str, spec: Mapping[str, Any], config: OperatorConf
         "command": ["python", "-m", "predictor"],
         "args": container_args(name, spec, config),
         "env": env,
-        "ports": container_ports(spec["deploymentMode"]),
+        "ports": container_ports(serverless),
         "resources": container_resources(spec),
-        "startupProbe": _probe("/v2/health/live", periodSeconds=5, failureThreshold=60, timeoutSeconds=5),
-        "livenessProbe": _probe("/v2/health/live", periodSeconds=20, failureThreshold=3, timeoutSeconds=5),
-        "readinessProbe": _probe("/v2/health/ready", periodSeconds=5, failureThreshold=3, timeoutSeconds=5),
+        **container_probes(serverless, config),
         "securityContext": container_security_context(),
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
     }
@@ -181,22 +257,36 @@ def predictor_container(name: str, spec: Mapping[str, Any], config: OperatorConf
 
 # Predictor fields this operator owns. An owned field that the spec leaves unset is rendered as None, which
 # a JSON merge patch turns into "remove": a manual edit or a field dropped from the spec is undone.
+# securityContext (pod level) is owned so that the one older operators wrote is removed (Knative refuses it).
 OWNED_PREDICTOR_FIELDS: tuple[str, ...] = (
     "containers", "volumes", "securityContext", "minReplicas", "maxReplicas", "scaleMetric", "scaleTarget",
-    "canaryTrafficPercent", "nodeSelector", "tolerations", "serviceAccountName",
+    "canaryTrafficPercent", "nodeSelector", "tolerations", "serviceAccountName", "deploymentStrategy",
 )
+
+
+def deployment_strategy(spec: Mapping[str, Any]) -> dict[str, Any] | None:
+    """``rollout.strategy`` as a Deployment strategy (RawDeployment only; KServe's default is RollingUpdate
+    25%/25%, ``deployment_reconciler.go:341-349``, which a one-replica GPU detector cannot roll without a spare
+    GPU: ``Recreate`` or ``maxSurge: 0`` can)."""
+    strategy = (normalise(spec).get("rollout") or {}).get("strategy")
+    if not strategy:
+        return None
+    kind = strategy.get("type") or "RollingUpdate"
+    if kind == "Recreate":
+        return {"type": "Recreate"}
+    rolling = {key: strategy[key] for key in ("maxSurge", "maxUnavailable") if strategy.get(key) is not None}
+    return {"type": "RollingUpdate", **({"rollingUpdate": rolling} if rolling else {})}
 
 
 def predictor_spec(name: str, spec: Mapping[str, Any], config: OperatorConfig) -> dict[str, Any]:
     """``spec.predictor`` of the InferenceService (owned fields only; unset ones are None)."""
-    spec = with_defaults(spec)
+    spec = normalise(spec)
     autoscaling = spec.get("autoscaling") or {}
     rollout = spec.get("rollout") or {}
     predictor: dict[str, Any] = dict.fromkeys(OWNED_PREDICTOR_FIELDS)
     predictor.update(
         containers=[predictor_container(name, spec, config)],
         volumes=[{"name": "tmp", "emptyDir": {}}],
-        securityContext={"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
         minReplicas=int(spec["replicas"]["min"]),
         maxReplicas=int(spec["replicas"]["max"]),
     )
@@ -212,12 +302,15 @@ def predictor_spec(name: str, spec: Mapping[str, Any], config: OperatorConfig) -
         predictor["tolerations"] = [dict(item) for item in spec["tolerations"]]
     if spec.get("serviceAccountName"):
         predictor["serviceAccountName"] = spec["serviceAccountName"]
+    predictor["deploymentStrategy"] = deployment_strategy(spec)
     return predictor
 
 
 def labels(name: str, spec: Mapping[str, Any], config: OperatorConfig) -> dict[str, str]:
-    """The user's extra labels, then the operator's own (which win)."""
-    source = model_source(with_defaults(spec), config)
+    """The user's extra labels, then the operator's own (which win). Nothing else: KServe copies the
+    InferenceService's labels into the pod template, so any other label change would restart the pods."""
+    spec = normalise(spec)
+    source = model_source(spec, config)
     out = {str(k): str(v) for k, v in (spec.get("labels") or {}).items()}
     out.update({c.MANAGED_BY_LABEL: c.MANAGED_BY, c.DETECTOR_LABEL: name})
     if source["variant"]:
@@ -225,17 +318,23 @@ def labels(name: str, spec: Mapping[str, Any], config: OperatorConfig) -> dict[s
     return out
 
 
-def annotations(spec: Mapping[str, Any]) -> dict[str, str]:
-    """The user's extra annotations, then KServe's deployment mode (which wins)."""
-    out = {str(k): str(v) for k, v in (spec.get("annotations") or {}).items()}
-    out[c.DEPLOYMENT_MODE_ANNOTATION] = with_defaults(spec)["deploymentMode"]
+def annotations(spec: Mapping[str, Any], mode: str | None = None) -> dict[str, str | None]:
+    """The user's extra annotations, then KServe's deployment mode (``mode``: the name to write, default the
+    spec's) and the keys of the user's labels, so that a label dropped from spec.labels is removed later (None,
+    i.e. absent, when there are none)."""
+    spec = normalise(spec)
+    out: dict[str, str | None] = {str(k): str(v) for k, v in (spec.get("annotations") or {}).items()}
+    out[c.DEPLOYMENT_MODE_ANNOTATION] = mode or spec["deploymentMode"]
+    out[c.USER_LABELS_ANNOTATION] = ",".join(sorted(str(k) for k in spec.get("labels") or {})) or None
     return out
 
 
 def build_inference_service(
-    name: str, namespace: str, spec: Mapping[str, Any], config: OperatorConfig
+    name: str, namespace: str, spec: Mapping[str, Any], config: OperatorConfig, live: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
-    """The complete InferenceService for a YoloDetector (owner reference added later by ``kopf.adopt``)."""
+    """The complete InferenceService for a YoloDetector (owner reference added later). ``live``: the existing
+    InferenceService, whose recorded mode name decides which naming to write (``mode_name``)."""
+    spec = normalise(spec)
     return {
         "apiVersion": c.ISVC_API_VERSION,
         "kind": c.ISVC_KIND,
@@ -243,10 +342,21 @@ def build_inference_service(
             "name": name,
             "namespace": namespace,
             "labels": labels(name, spec, config),
-            "annotations": annotations(spec),
+            "annotations": annotations(spec, mode_name(spec["deploymentMode"], live, config)),
         },
         "spec": {"predictor": predictor_spec(name, spec, config)},
     }
+
+
+def stale_labels(desired: Mapping[str, str], live: Mapping[str, Any], owner_labels: Mapping[str, str]) -> list[str]:
+    """Labels on the live InferenceService that the operator put there and the spec no longer asks for: the user
+    labels of the last apply (``USER_LABELS_ANNOTATION``), and the owner's own labels that older operators copied
+    (``kopf.adopt``) and that still carry the owner's value."""
+    meta = live.get("metadata") or {}
+    current = meta.get("labels") or {}
+    applied = [k for k in str((meta.get("annotations") or {}).get(c.USER_LABELS_ANNOTATION) or "").split(",") if k]
+    copied = [k for k, v in owner_labels.items() if current.get(k) == v]
+    return sorted({k for k in (*applied, *copied) if k in current and k not in desired})
 
 
 def without_nulls(obj: Any) -> Any:
@@ -258,32 +368,55 @@ def without_nulls(obj: Any) -> Any:
     return obj
 
 
-def differs(desired: Any, live: Any) -> bool:
+QUANTITY_KEYS = frozenset({"requests", "limits"})
+
+
+def same_quantity(a: Any, b: Any) -> bool:
+    """Whether two Kubernetes quantities are equal ("0.5" and KServe's round-tripped "500m" are)."""
+    try:
+        return parse_quantity(a) == parse_quantity(b)
+    except (ValueError, TypeError):
+        return a == b
+
+
+def differs(desired: Any, live: Any, *, quantities: bool = False) -> bool:
     """Whether ``live`` lacks something ``desired`` says (None = must be absent).
 
     Mappings compare as subsets (the API server and KServe's webhook add defaults we do not own), lists
-    element-wise with the same length, scalars by equality.
+    element-wise with the same length, scalars by equality; values under ``requests``/``limits`` as quantities.
     """
     if desired is None:
         return live is not None
     if isinstance(desired, Mapping):
         if not isinstance(live, Mapping):
             return True
-        return any(differs(value, live.get(key)) for key, value in desired.items())
+        return any(differs(value, live.get(key), quantities=quantities or key in QUANTITY_KEYS)
+                   for key, value in desired.items())
     if isinstance(desired, list):
         if not isinstance(live, list) or len(live) != len(desired):
             return True
-        return any(differs(d, item) for d, item in zip(desired, live, strict=True))
+        return any(differs(d, item, quantities=quantities) for d, item in zip(desired, live, strict=True))
     if isinstance(desired, bool) or isinstance(live, bool):
         return desired is not live
-    if isinstance(desired, int | float) and isinstance(live, int | float):
-        return desired != live
+    if quantities:
+        return not same_quantity(desired, live)
     return desired != live
+
+
+def mode_differs(desired: Mapping[str, Any], live: Mapping[str, Any]) -> bool:
+    """Whether the live deploymentMode annotation must be rewritten: when KServe recorded a mode, exactly its name
+    (0.16 refuses any other); before, only a different mode (0.17+ rewrites the names on its own)."""
+    wanted = desired["metadata"]["annotations"][c.DEPLOYMENT_MODE_ANNOTATION]
+    have = ((live.get("metadata") or {}).get("annotations") or {}).get(c.DEPLOYMENT_MODE_ANNOTATION)
+    if stored_mode(live):
+        return have != wanted
+    return normal_mode(have) != normal_mode(wanted)
 
 
 def model_status(spec: Mapping[str, Any], config: OperatorConfig) -> dict[str, str]:
     """``status.model``: what is being served (variant/version, or the custom storageUri)."""
-    source = model_source(with_defaults(spec), config)
+    spec = normalise(spec)
+    source = model_source(spec, config)
     if spec.get("storageUri"):
         out = {"storageUri": source["storageUri"]}
         if source["variant"]:

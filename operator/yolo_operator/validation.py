@@ -11,7 +11,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from predictor.settings import VARIANT_NAMES, SettingsError
+from kubernetes.utils.quantity import parse_quantity
+
+from predictor.settings import GPU_ACCELERATIONS, VARIANT_NAMES, SettingsError
+from predictor.yolov7.names import COCO_NAMES  # the class names of the official release weights
 
 from . import config as c
 from . import manifests
@@ -20,20 +23,10 @@ from .config import OperatorConfig
 ERROR = "error"
 WARNING = "warning"
 
-# The 80 COCO class names of the official release weights, in class-id order.
-COCO_NAMES: tuple[str, ...] = (
-    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
-    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
-    "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee",
-    "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
-    "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
-    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
-    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard",
-    "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase",
-    "scissors", "teddy bear", "hair drier", "toothbrush",
-)
-
-STORAGE_SCHEMES: tuple[str, ...] = ("gs", "s3", "pvc", "http", "https", "hdfs", "webhdfs", "oci", "hf", "azure")
+# Exactly KServe's SupportedStorageURIPrefixList (v0.20.0 utils.go:48; Azure Blob goes as https://<account>.blob.
+# core.windows.net/..., utils.go:52-53, 431-436). Anything else fails the predictor's reconcile (predictor.go:300).
+STORAGE_SCHEMES: tuple[str, ...] = ("gs", "s3", "pvc", "file", "https", "http", "hdfs", "webhdfs", "oci",
+                                    "oci+native", "hf")
 _DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
 _DNS_SUBDOMAIN = re.compile(rf"^{_DNS_LABEL}(\.{_DNS_LABEL})*$")
 _QUALIFIED_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
@@ -41,10 +34,12 @@ _LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
 _ISVC_NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _VERSION = re.compile(r"^v\d+(\.\d+)*$")
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei|e[0-9]+)?$")
-# KServe derives "<name>-predictor[-<namespace>]" names (Services, Knative routes) from the InferenceService's.
-MAX_NAME_LENGTH = 45
+# KServe names the predictor's Service "<name>-predictor" (constants.go:799-803), and Knative's route host label
+# "<name>-predictor-<namespace>": each one DNS label.
+DNS_LABEL_MAX = 63
+PREDICTOR_SUFFIX = "-predictor"
 RESERVED_LABELS = (c.MANAGED_BY_LABEL, c.DETECTOR_LABEL, c.VARIANT_LABEL)
-RESERVED_ANNOTATIONS = (c.DEPLOYMENT_MODE_ANNOTATION,)
+RESERVED_ANNOTATIONS = (c.DEPLOYMENT_MODE_ANNOTATION, c.USER_LABELS_ANNOTATION)
 
 
 @dataclass(frozen=True)
@@ -128,24 +123,114 @@ def _check_map(where: str, mapping: Any, reserved: tuple[str, ...], check_values
     return problems
 
 
-def validate(
-    name: str, spec: Mapping[str, Any] | None, config: OperatorConfig | None = None, *, isvc_exists: bool = False
-) -> list[Problem]:
-    """Every problem of ``spec`` (errors and warnings), in field order. ``isvc_exists``: whether the detector's
-    InferenceService already exists (a canary rollout needs a previous revision to split traffic with)."""
-    config = config or OperatorConfig()
-    raw = dict(spec or {})
-    spec = manifests.with_defaults(raw)
+def _check_name(name: str, namespace: str, serverless: bool) -> list[Problem]:
+    if not _ISVC_NAME.match(name):
+        return [Problem("metadata.name", "must start with a letter and hold only lower-case letters, digits and '-' "
+                                         "(KServe's InferenceService name rule)")]
+    host = f"{name}{PREDICTOR_SUFFIX}" + (f"-{namespace}" if serverless else "")
+    if len(host) > DNS_LABEL_MAX:
+        what = "the Knative host label <name>-predictor-<namespace>" if serverless else "the Service <name>-predictor"
+        return [Problem("metadata.name", f"too long: {what} ({host!r}, {len(host)} characters) must fit in one "
+                                         f"{DNS_LABEL_MAX}-character DNS label")]
+    return []
+
+
+def _check_mode(spec: Mapping[str, Any], config: OperatorConfig, live: Mapping[str, Any] | None) -> list[Problem]:
+    """Deployment-mode rules of KServe and Knative that the CRD cannot say."""
     problems: list[Problem] = []
     mode = spec["deploymentMode"]
-    serverless = mode in c.SERVERLESS_MODES
+    serverless = manifests.is_serverless(spec)
+    running = manifests.live_mode(live)
+    if running and running != manifests.normal_mode(mode):
+        # KServe refuses any update whose mode differs from the recorded one (inference_service_validation.go:691-700)
+        problems.append(Problem("deploymentMode", f"cannot change on a live detector (KServe refuses it): its "
+                                                  f"InferenceService runs in {running} mode; set it back, or delete "
+                                                  f"and re-create the detector to switch to {mode}"))
+    metric = (spec.get("autoscaling") or {}).get("metric")
+    target = (spec.get("autoscaling") or {}).get("target")
+    if serverless and metric in ("cpu", "memory"):  # KPA metrics only (inference_service_validation.go:636-660)
+        problems.append(Problem("autoscaling.metric", f"{metric} is not a Knative (KPA) metric: {mode} scales on "
+                                                      "concurrency or rps"))
+    if not serverless and metric in ("concurrency", "rps"):  # HPA metrics only (hpa_reconciler.go:105-146)
+        problems.append(Problem("autoscaling.metric", f"{metric} is a Knative metric: {mode} scales on cpu or memory "
+                                                      "(KServe would make an HPA without any metric)"))
+    if not serverless and metric == "memory" and target is None:  # no target, no metric (hpa_reconciler.go:130)
+        problems.append(Problem("autoscaling.target", "memory scaling needs a target (average utilisation in %)"))
+    strategy = (spec.get("rollout") or {}).get("strategy") or {}
+    if serverless and strategy:  # inference_service_validation.go:646-648
+        problems.append(Problem("rollout.strategy", f"only RawDeployment/Standard has a Deployment strategy; {mode} "
+                                                    "rolls out Knative revisions"))
+    surge, unavailable = strategy.get("maxSurge"), strategy.get("maxUnavailable")
+    if strategy.get("type") == "Recreate" and (surge is not None or unavailable is not None):
+        problems.append(Problem("rollout.strategy", "maxSurge/maxUnavailable belong to RollingUpdate, not Recreate"))
+    elif str(surge).rstrip("%") == "0" and str(unavailable).rstrip("%") == "0":  # Kubernetes' Deployment rule
+        problems.append(Problem("rollout.strategy", "maxSurge and maxUnavailable cannot both be 0: nothing could "
+                                                    "roll out (a one-GPU detector: maxSurge 0, maxUnavailable 1)"))
+    if serverless:
+        for field_name, flag in c.KNATIVE_FLAGS.items():
+            if spec.get(field_name) and not config.knative_enabled(flag):
+                problems.append(Problem(field_name, f"Knative refuses it unless config-features {flag} is enabled; "
+                                                    "enable it and tell the operator (knativeFeatures), or use "
+                                                    "RawDeployment"))
+    return problems
 
-    if not _ISVC_NAME.match(name):
-        problems.append(Problem("metadata.name", "must start with a letter and hold only lower-case letters, "
-                                                 "digits and '-' (KServe's InferenceService name rule)"))
-    elif len(name) > MAX_NAME_LENGTH:
-        problems.append(Problem("metadata.name", f"must be at most {MAX_NAME_LENGTH} characters: KServe derives "
-                                                 "longer names from it"))
+
+def _check_resources(spec: Mapping[str, Any]) -> list[Problem]:
+    problems: list[Problem] = []
+    resources = spec["resources"]
+    gpus = resources.get("gpu")
+    gpu_name = str(resources.get("gpuResourceName") or "")
+    prefix, slash, rname = gpu_name.partition("/")
+    if (not slash or not _DNS_SUBDOMAIN.match(prefix) or not _QUALIFIED_NAME.match(rname)
+            or prefix == "kubernetes.io" or prefix.endswith(".kubernetes.io")):
+        problems.append(Problem("resources.gpuResourceName", "must be an extended resource name <domain>/<name> "
+                                                             f"such as nvidia.com/gpu (got {gpu_name!r})"))
+    quantities = {}
+    for key in ("cpu", "cpuLimit", "memory"):
+        if key == "cpuLimit" and resources.get(key) == resources.get("cpu") and "cpu" not in quantities:
+            continue  # the default (= the request), already said
+        if not _QUANTITY.match(str(resources.get(key))):
+            problems.append(Problem(f"resources.{key}", f"is not a Kubernetes quantity (got {resources.get(key)!r})"))
+        else:
+            quantities[key] = parse_quantity(str(resources[key]))
+    if "cpu" in quantities and "cpuLimit" in quantities and quantities["cpuLimit"] < quantities["cpu"]:
+        problems.append(Problem("resources.cpuLimit", f"({resources['cpuLimit']}) must be >= the cpu request "
+                                                      f"({resources['cpu']}): Kubernetes refuses the pods otherwise"))
+    if _is_int(gpus) and gpus > 1:
+        problems.append(Problem("resources.gpu", f"the predictor runs on one GPU, so {gpus} would leave {gpus - 1} "
+                                                 "idle: set gpu 1 and scale out with replicas.max"))
+    if spec["precision"] == "fp16" and gpus == 0:
+        problems.append(Problem("precision", "fp16 needs a GPU: set resources.gpu >= 1, or precision auto/fp32"))
+    engine = spec.get("engine", "auto")
+    if engine in ("onnxruntime", "openvino") and _is_int(gpus) and gpus > 0:
+        problems.append(Problem("engine", f"{engine} runs on the CPU only: set resources.gpu 0, or engine auto/torch"))
+    if spec["precision"] == "bf16" and ((_is_int(gpus) and gpus > 0) or engine not in ("auto", "openvino")):
+        problems.append(Problem("precision", "bf16 runs on the CPU engine openvino only: resources.gpu 0 and "
+                                             "engine auto or openvino"))
+    acceleration = spec["batching"].get("acceleration")
+    if acceleration in GPU_ACCELERATIONS and gpus == 0:
+        problems.append(Problem("batching.acceleration", f"{acceleration} needs a GPU: set resources.gpu >= 1, "
+                                                         "or acceleration auto/eager"))
+    return problems
+
+
+def validate(
+    name: str, spec: Mapping[str, Any] | None, config: OperatorConfig | None = None, *, isvc_exists: bool = False,
+    namespace: str = "", live: Mapping[str, Any] | None = None,
+) -> list[Problem]:
+    """Every problem of ``spec`` (errors and warnings), in field order. ``live``: the detector's InferenceService
+    if it exists (a canary rollout needs a previous revision to split traffic with; the mode cannot change).
+    ``namespace``: the detector's (Knative hostnames include it)."""
+    config = config or OperatorConfig()
+    isvc_exists = isvc_exists or live is not None
+    spec = manifests.normalise(spec)
+    raw = spec  # the defaults add none of the fields read from `raw` (model source, labels, annotations, ...)
+    problems: list[Problem] = []
+    mode = spec["deploymentMode"]
+    if mode not in c.DEPLOYMENT_MODES:
+        return [Problem("deploymentMode", f"must be one of {', '.join(c.DEPLOYMENT_MODES)}")]
+    serverless = manifests.is_serverless(spec)
+    problems.extend(_check_name(name, namespace, serverless))
 
     # --- model ---
     variant, version, storage_uri = raw.get("variant"), raw.get("version"), raw.get("storageUri")
@@ -161,8 +246,7 @@ def validate(
                                                "not both"))
     elif version and not _VERSION.match(str(version)):
         problems.append(Problem("version", f"must look like v0.1 (got {version!r})"))
-    if mode not in c.DEPLOYMENT_MODES:
-        problems.append(Problem("deploymentMode", f"must be one of {', '.join(c.DEPLOYMENT_MODES)}"))
+    problems.extend(_check_mode(spec, config, live))
 
     # --- predictor options: bounds come from predictor.settings, the single source of truth ---
     problems.extend(_check_classes(spec["thresholds"].get("classes"), release=not storage_uri))
@@ -181,33 +265,9 @@ def validate(
     if bounds_ok and _is_int(per_request) and _is_int(queued) and per_request > queued:
         problems.append(Problem("limits", f"maxImagesPerRequest ({per_request}) must be <= maxQueuedImages "
                                           f"({queued}): a larger request could never be admitted"))
+    problems.extend(_check_resources(spec))
 
-    # --- resources ---
-    resources = spec["resources"]
-    gpus = resources.get("gpu")
-    gpu_name = str(resources.get("gpuResourceName") or "")
-    prefix, slash, rname = gpu_name.partition("/")
-    if (not slash or not _DNS_SUBDOMAIN.match(prefix) or not _QUALIFIED_NAME.match(rname)
-            or prefix == "kubernetes.io" or prefix.endswith(".kubernetes.io")):
-        problems.append(Problem("resources.gpuResourceName", "must be an extended resource name <domain>/<name> "
-                                                             f"such as nvidia.com/gpu (got {gpu_name!r})"))
-    for key in ("cpu", "memory"):
-        if not _QUANTITY.match(str(resources.get(key))):
-            problems.append(Problem(f"resources.{key}", f"is not a Kubernetes quantity (got {resources.get(key)!r})"))
-    if spec["precision"] == "fp16" and isinstance(gpus, int) and gpus == 0:
-        problems.append(Problem("precision", "fp16 needs a GPU: set resources.gpu >= 1, or precision auto/fp32"))
-    engine = spec.get("engine", "auto")
-    if engine in ("onnxruntime", "openvino") and isinstance(gpus, int) and gpus > 0:
-        problems.append(Problem("engine", f"{engine} runs on the CPU only: set resources.gpu 0, or engine auto/torch"))
-    if spec["precision"] == "bf16" and ((isinstance(gpus, int) and gpus > 0) or engine not in ("auto", "openvino")):
-        problems.append(Problem("precision", "bf16 runs on the CPU engine openvino only: resources.gpu 0 and "
-                                             "engine auto or openvino"))
-    acceleration = spec["batching"].get("acceleration")
-    if acceleration in ("cudagraph", "compile") and isinstance(gpus, int) and gpus == 0:
-        problems.append(Problem("batching.acceleration", f"{acceleration} needs a GPU: set resources.gpu >= 1, "
-                                                         "or acceleration auto/eager"))
-
-    # --- replicas, autoscaling, rollout ---
+    # --- replicas, rollout ---
     low, high = spec["replicas"].get("min"), spec["replicas"].get("max")
     if isinstance(low, int) and isinstance(high, int):
         if low > high:
@@ -215,10 +275,6 @@ def validate(
         if low == 0 and not serverless:
             problems.append(Problem("replicas.min", f"0 (scale to zero) needs deploymentMode Serverless; {mode} "
                                                     "keeps at least one replica", WARNING))
-    metric = (spec.get("autoscaling") or {}).get("metric")
-    if metric in ("concurrency", "rps") and not serverless:
-        problems.append(Problem("autoscaling.metric", f"{metric} is a Knative metric; {mode} scales on cpu or "
-                                                      "memory", WARNING))
     canary = (spec.get("rollout") or {}).get("canaryPercent")
     if canary is not None:
         if not isvc_exists:

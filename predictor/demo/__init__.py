@@ -1,4 +1,4 @@
-"""The `make dev` demo page: upload an image, see the detections the predictor's v2 endpoint returns.
+"""The `make dev` demo page: an image, a video file or the webcam in, the predictor's v2 detections drawn.
 
 ``mount(app, model_name=...)`` adds to KServe's FastAPI app:
 
@@ -6,6 +6,12 @@
   ``GET /`` (probes, ``curl``) still reaches KServe's own liveness route, which stays registered.
 * ``GET /demo/`` — the page for any client; ``GET /demo`` redirects there.
 * ``GET /demo/app.js``, ``GET /demo/style.css`` — its assets (plain files, no build step, no CDN).
+* ``GET /demo/samples/<name>`` — the example photos of :data:`SAMPLES` (``samples/README.md``: source and
+  licence of each).
+
+Video and webcam frames are captured by the page itself and sent, one at a time, to the same v2 route as
+an uploaded image: the server side has nothing video-specific. ``YOLO_DEMO_NOTICE`` (environment), when
+set, is shown as a banner above the page (``make dev`` uses it to label a random-weights model).
 
 The page only talks to the standard v2 routes (``v2/models/{name}``, ``v2/models/{name}/infer``) with
 relative URLs, so it also works behind a path prefix. ``mount`` may be called before or after KServe
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 from importlib import resources
 from typing import Any
 
@@ -24,18 +31,25 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Match, NoMatchFound, Route
 from starlette.types import Receive, Scope, Send
 
-__all__ = ["ASSETS", "mount", "render_page"]
+__all__ = ["ASSETS", "NOTICE_ENV", "SAMPLES", "mount", "render_page"]
 
 # file name -> content type; only these files are served (the folder itself is never exposed)
 ASSETS: dict[str, str] = {
     "app.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
 }
+# the examples gallery: file in samples/ -> (what it shows, credit); details in samples/README.md
+SAMPLES: dict[str, tuple[str, str]] = {
+    "astronaut.jpg": ("an astronaut", "NASA, public domain"),
+    "chelsea.jpg": ("a cat", "Stefan van der Walt, CC0"),
+    "coffee.jpg": ("a coffee cup", "Rachel Michetti, CC0"),
+}
+NOTICE_ENV = "YOLO_DEMO_NOTICE"
 _SECURITY_HEADERS = {
     # everything comes from this server: no CDN, no inline script; images are drawn from blob: URLs
     "Content-Security-Policy": (
         "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
-        "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+        "media-src 'self' blob:; connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
     ),
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
@@ -47,9 +61,11 @@ def _read(name: str) -> bytes:
     return resources.files(__name__).joinpath(name).read_bytes()
 
 
-def render_page(model_name: str, *, root: str) -> bytes:
-    """index.html with the model name and the relative path to the server root (``""`` or ``"../"``)."""
-    config = json.dumps({"modelName": model_name, "root": root})
+def render_page(model_name: str, *, root: str, notice: str = "") -> bytes:
+    """index.html with the model name, the relative path to the server root (``""`` or ``"../"``), the
+    examples gallery and an optional notice banner."""
+    samples = [{"name": name, "alt": alt, "credit": credit} for name, (alt, credit) in SAMPLES.items()]
+    config = json.dumps({"modelName": model_name, "root": root, "samples": samples, "notice": notice})
     text = _read("index.html").decode("utf-8")
     text = text.replace("{{ROOT}}", html.escape(root, quote=True))
     text = text.replace("{{MODEL_NAME}}", html.escape(model_name))
@@ -105,13 +121,17 @@ def mount(app: Any, *, model_name: str) -> None:
     if getattr(app.state, "yolo_demo_model", None) is not None:
         return
     app.state.yolo_demo_model = model_name
+    notice = os.environ.get(NOTICE_ENV, "")
     routes: list[BaseRoute] = [
-        _BrowserRoot(render_page(model_name, root="")),
-        Route("/demo/", _static(render_page(model_name, root="../"), "text/html; charset=utf-8"),
+        _BrowserRoot(render_page(model_name, root="", notice=notice)),
+        Route("/demo/", _static(render_page(model_name, root="../", notice=notice), "text/html; charset=utf-8"),
               methods=["GET"], name="yolo_demo_page"),
         Route("/demo", _redirect_to_demo, methods=["GET"], name="yolo_demo_redirect"),
     ]
     for name, media_type in ASSETS.items():
         routes.append(Route(f"/demo/{name}", _static(_read(name), media_type), methods=["GET"],
                             name=f"yolo_demo_{name.replace('.', '_')}"))
+    for name in SAMPLES:
+        routes.append(Route(f"/demo/samples/{name}", _static(_read(f"samples/{name}"), "image/jpeg"),
+                            methods=["GET"], name=f"yolo_demo_sample_{name.replace('.', '_')}"))
     app.router.routes[0:0] = routes

@@ -33,6 +33,7 @@ from torch import Tensor
 
 from .names import default_names
 from .safe_pickle import (
+    MAX_PICKLE_BYTES,
     DisallowedGlobalError,
     Record,
     UnsafePickleError,
@@ -361,13 +362,15 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         if zipfile.is_zipfile(p):
             try:
                 with zipfile.ZipFile(p) as zf:
-                    obj = load_torch_zip(zf)
+                    obj = load_torch_zip(zf, archive_bytes=size)
             except zipfile.BadZipFile as e:
                 raise CheckpointError(f"cannot read {p}: damaged zip archive ({e})") from None
             return _from_object(obj, p)
         if _looks_like_safetensors(head, size):
             return _load_safetensors(p)
         if head[:1] == b"\x80":
+            if size > MAX_PICKLE_BYTES:
+                raise CheckpointError(f"{p}: a bare pickle of {size} bytes is over the limit of {MAX_PICKLE_BYTES}")
             obj = load_bare_pickle(p.read_bytes())
             if isinstance(obj, int):
                 raise CheckpointError(
@@ -379,6 +382,8 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         raise CheckpointError(f"refusing to load {p}: {e}") from None
     except UnsafePickleError as e:
         raise CheckpointError(f"cannot read {p}: {e}") from None
+    except RecursionError:  # a structure the pickle scan let through, deep enough for our own walk
+        raise CheckpointError(f"cannot read {p}: its objects are nested too deeply") from None
     raise CheckpointError(
         f"{p} is not a recognised checkpoint (expected a torch.save zip archive or a .safetensors export)"
     )

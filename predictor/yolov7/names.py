@@ -1,4 +1,8 @@
-"""Class names: the 80 COCO classes the official checkpoints predict, and a default for custom heads."""
+"""Class names: the 80 COCO classes the official checkpoints predict, and a default for custom heads.
+
+The one copy of the names: the predictor, the operator (its image carries this module without torch) and
+the CLI import it. Pure data, no imports.
+"""
 
 from __future__ import annotations
 

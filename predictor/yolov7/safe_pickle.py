@@ -13,6 +13,17 @@ call it. :class:`SafeUnpickler` resolves names only from an allow-list:
 
 Anything else raises :class:`UnsafePickleError` *before* the name is resolved, so nothing runs.
 Storages (``persistent_load``) are read from the zip archive as raw little-endian bytes.
+
+Bounded before anything is built or inflated: the pickle's nesting depth and object count
+(:mod:`.pickle_scan`), and every archive entry by the size its zip directory *declares* — the pickle
+(:data:`MAX_PICKLE_BYTES`), the archive's total (:data:`MAX_ARCHIVE_BYTES`, and at most
+:data:`MAX_INFLATION` times the file's size), each storage (exactly what its tensor needs) — so a zip
+bomb is refused without inflating it (``zipfile`` never inflates an entry past its declared size).
+
+The loader's own objects are out of the pickle's reach: the allow-listed functions and storage markers
+refuse ``BUILD`` (a pickle could otherwise set their slots and swap the function), the tables are
+read-only, and ``OrderedDict`` is a subclass whose ``BUILD`` accepts only torch's ``_metadata``
+attribute (a pickle could otherwise shadow ``get``/``items`` on the instance the loader reads).
 """
 
 from __future__ import annotations
@@ -22,11 +33,17 @@ import pickle
 import re
 import zipfile
 from collections import OrderedDict
+from types import MappingProxyType
 from typing import Any
 
 import torch
 
+from .pickle_scan import PickleShapeError, scan
+
 __all__ = [
+    "MAX_ARCHIVE_BYTES",
+    "MAX_INFLATION",
+    "MAX_PICKLE_BYTES",
     "UnsafePickleError",
     "DisallowedGlobalError",
     "Record",
@@ -35,6 +52,15 @@ __all__ = [
     "load_bare_pickle",
     "record_state",
 ]
+
+
+MAX_PICKLE_BYTES = 16 << 20  # an official yolov7-e6e.pt's data.pkl is well under 1 MiB
+MAX_ARCHIVE_BYTES = 2 << 30  # every entry inflated; the largest official checkpoint is ~300 MB
+MAX_INFLATION = 16  # torch.save stores entries uncompressed (1x); fp32 weights deflate by ~1.1x
+
+
+def _refuse_build(self: Any, state: Any) -> None:
+    raise UnsafePickleError("malformed pickle: state applied to a loader object")
 
 
 class UnsafePickleError(ValueError):
@@ -102,6 +128,7 @@ class _StorageType:
     """Marker for ``torch.<X>Storage`` names: just the element dtype."""
 
     __slots__ = ("dtype", "name")
+    __setstate__ = _refuse_build
 
     def __init__(self, name: str, dtype: torch.dtype) -> None:
         self.name = name
@@ -109,9 +136,10 @@ class _StorageType:
 
 
 class _Func:
-    """An allow-listed callable. Has no ``__dict__`` and no ``__setstate__``, so a pickle cannot alter it."""
+    """An allow-listed callable. No ``__dict__``, and ``BUILD`` (which would set its slots) is refused."""
 
     __slots__ = ("_fn", "_name")
+    __setstate__ = _refuse_build
 
     def __init__(self, name: str, fn: Any) -> None:
         self._name = name
@@ -124,7 +152,7 @@ class _Func:
         return f"<allowed {self._name}>"
 
 
-_STORAGE_DTYPES = {
+_STORAGE_DTYPES = MappingProxyType({
     "HalfStorage": torch.float16,
     "FloatStorage": torch.float32,
     "DoubleStorage": torch.float64,
@@ -136,8 +164,8 @@ _STORAGE_DTYPES = {
     "ByteStorage": torch.uint8,
     "BoolStorage": torch.bool,
     "UntypedStorage": torch.uint8,
-}
-_DTYPE_NAMES = {
+})
+_DTYPE_NAMES = frozenset({
     "float16",
     "half",
     "float32",
@@ -154,12 +182,12 @@ _DTYPE_NAMES = {
     "int8",
     "uint8",
     "bool",
-}
+})
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 # Classes replaced by inert records: the official code base and torch.nn's module classes.
 _RECORD_MODULE_PREFIXES = ("models.", "torch.nn.modules.")
-_RECORD_EXACT = {
+_RECORD_EXACT = frozenset({
     # numpy scalars / arrays that trainer checkpoints carry (e.g. best_fitness); never needed here.
     ("numpy.core.multiarray", "scalar"),
     ("numpy._core.multiarray", "scalar"),
@@ -167,7 +195,7 @@ _RECORD_EXACT = {
     ("numpy._core.multiarray", "_reconstruct"),
     ("numpy", "dtype"),
     ("numpy", "ndarray"),
-}
+})
 
 
 def _is_index_tuple(t: Any) -> bool:
@@ -220,6 +248,19 @@ def _codecs_encode(text: Any, encoding: Any = "utf-8") -> bytes:
     return text.encode("latin1")
 
 
+class _OrderedDict(OrderedDict):
+    """``collections.OrderedDict`` as unpickled: ``BUILD`` may only set torch's ``_metadata`` (dropped)."""
+
+    def __setstate__(self, state: Any) -> None:
+        if not isinstance(self, _OrderedDict):  # BUILD applied to the class
+            raise UnsafePickleError("malformed pickle: state applied to a class")
+        if isinstance(state, tuple) and len(state) == 2 and state[1] is None:
+            state = state[0]
+        if not isinstance(state, dict) or set(state) - {"_metadata"}:
+            names = sorted(map(str, state))[:3] if isinstance(state, dict) else type(state).__name__
+            raise UnsafePickleError(f"malformed pickle: an OrderedDict given attributes {names}")
+
+
 _FUNCS = {
     ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
@@ -228,19 +269,20 @@ _FUNCS = {
     ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
     ("_codecs", "encode"): _codecs_encode,
 }
-_CONTAINERS = {
-    ("collections", "OrderedDict"): OrderedDict,
+_FUNCS = MappingProxyType(_FUNCS)
+_CONTAINERS = MappingProxyType({
+    ("collections", "OrderedDict"): _OrderedDict,
     ("builtins", "set"): set,
     ("__builtin__", "set"): set,
     ("builtins", "frozenset"): frozenset,
     ("__builtin__", "frozenset"): frozenset,
-}
+})
 
 
 class SafeUnpickler(pickle.Unpickler):
     """Unpickles with :meth:`find_class` limited to the allow-list above.
 
-    ``storage_reader(key) -> bytes`` supplies ``persistent_load`` storages; without one, a pickle that
+    ``storage_reader(key, expected_bytes) -> bytearray`` supplies ``persistent_load`` storages; without one, a pickle that
     references storages is refused.
     """
 
@@ -294,18 +336,13 @@ class SafeUnpickler(pickle.Unpickler):
             )
         cached = self._storages.get(key)
         if cached is None:
-            raw = self._storage_reader(key)
             itemsize = torch.empty((), dtype=storage_type.dtype).element_size()
-            if storage_type.name == "UntypedStorage":
-                expected = numel
-            else:
-                expected = numel * itemsize
-            if len(raw) != expected:
-                raise UnsafePickleError(
-                    f"malformed archive: storage {key} has {len(raw)} bytes, expected {expected}"
-                )
+            expected = numel if storage_type.name == "UntypedStorage" else numel * itemsize
+            if expected < 0:
+                raise UnsafePickleError(f"malformed pickle: storage {key} has {numel} elements")
+            raw = self._storage_reader(key, expected)  # refuses a size other than expected, unread
             cached = (
-                torch.frombuffer(bytearray(raw), dtype=storage_type.dtype)
+                torch.frombuffer(raw, dtype=storage_type.dtype)
                 if raw
                 else torch.empty(0, dtype=storage_type.dtype)
             )
@@ -315,38 +352,88 @@ class SafeUnpickler(pickle.Unpickler):
         return cached
 
 
-def load_torch_zip(zf: zipfile.ZipFile) -> Any:
-    """Unpickle the ``<prefix>/data.pkl`` of a ``torch.save`` zip archive with :class:`SafeUnpickler`."""
-    pkl_names = [n for n in zf.namelist() if n == "data.pkl" or n.endswith("/data.pkl")]
+def _check_declared_sizes(zf: zipfile.ZipFile, archive_bytes: int) -> None:
+    """Refuse a zip bomb from its directory alone: what its entries declare, before inflating any."""
+    total = sum(info.file_size for info in zf.infolist())
+    budget = min(MAX_ARCHIVE_BYTES, max(MAX_INFLATION * archive_bytes, 64 << 20))
+    if total > budget:
+        raise UnsafePickleError(
+            f"malformed archive: its entries declare {total} bytes in all, over the limit of {budget} bytes "
+            f"(at most {MAX_INFLATION}x the {archive_bytes}-byte file and at most {MAX_ARCHIVE_BYTES} bytes)"
+        )
+
+
+def _read_entry(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytearray:
+    """One entry, inflated straight into a buffer of its declared size (never past it)."""
+    buffer = bytearray(info.file_size)
+    with zf.open(info) as f:
+        view, filled = memoryview(buffer), 0
+        while filled < len(buffer):
+            got = f.readinto(view[filled:])
+            if not got:
+                raise UnsafePickleError(f"malformed archive: {info.filename} is shorter than it declares")
+            filled += got
+        if f.read(1):
+            raise UnsafePickleError(f"malformed archive: {info.filename} is longer than it declares")
+    return buffer
+
+
+def load_torch_zip(zf: zipfile.ZipFile, archive_bytes: int | None = None) -> Any:
+    """Unpickle the ``<prefix>/data.pkl`` of a ``torch.save`` zip archive with :class:`SafeUnpickler`.
+
+    ``archive_bytes`` (the file's size) bounds what the entries may declare (see the module docstring).
+    """
+    infos = {info.filename: info for info in zf.infolist()}
+    if archive_bytes is not None:
+        _check_declared_sizes(zf, archive_bytes)
+    pkl_names = [n for n in infos if n == "data.pkl" or n.endswith("/data.pkl")]
     if len(pkl_names) != 1:
         raise UnsafePickleError("not a torch.save archive: expected exactly one data.pkl")
     prefix = pkl_names[0][: -len("data.pkl")]
-    names = set(zf.namelist())
-    byteorder_name = prefix + "byteorder"
-    if byteorder_name in names and zf.read(byteorder_name).strip() not in (b"little", b""):
-        raise UnsafePickleError("big-endian torch archives are not supported")
+    byteorder = infos.get(prefix + "byteorder")
+    if byteorder is not None:
+        if byteorder.file_size > 16:
+            raise UnsafePickleError("malformed archive: byteorder entry is too large")
+        if bytes(_read_entry(zf, byteorder)).strip() not in (b"little", b""):
+            raise UnsafePickleError("big-endian torch archives are not supported")
 
-    def read_storage(key: str) -> bytes:
-        name = f"{prefix}data/{key}"
-        if name not in names:
+    def read_storage(key: str, expected: int) -> bytearray:
+        info = infos.get(f"{prefix}data/{key}")
+        if info is None:
             raise UnsafePickleError(f"malformed archive: storage {key!r} is missing")
-        return zf.read(name)
+        if info.file_size != expected:
+            raise UnsafePickleError(
+                f"malformed archive: storage {key} declares {info.file_size} bytes, its tensor needs {expected}"
+            )
+        return _read_entry(zf, info)
 
-    with zf.open(pkl_names[0]) as f:
-        return _run(SafeUnpickler(io.BytesIO(f.read()), read_storage))
+    pickle_info = infos[pkl_names[0]]
+    if pickle_info.file_size > MAX_PICKLE_BYTES:
+        raise UnsafePickleError(
+            f"malformed archive: data.pkl declares {pickle_info.file_size} bytes, over the limit of "
+            f"{MAX_PICKLE_BYTES}"
+        )
+    data = bytes(_read_entry(zf, pickle_info))
+    return _run(data, read_storage)
 
 
 def load_bare_pickle(data: bytes) -> Any:
     """Unpickle a bare pickle (no archive) with :class:`SafeUnpickler`; storages are refused."""
-    return _run(SafeUnpickler(io.BytesIO(data), None))
+    if len(data) > MAX_PICKLE_BYTES:
+        raise UnsafePickleError(f"a bare pickle of {len(data)} bytes is over the limit of {MAX_PICKLE_BYTES}")
+    return _run(data, None)
 
 
-def _run(unpickler: SafeUnpickler) -> Any:
+def _run(data: bytes, storage_reader: Any) -> Any:
     try:
-        return unpickler.load()
+        scan(data)
+    except PickleShapeError as error:
+        raise UnsafePickleError(str(error)) from None
+    try:
+        return SafeUnpickler(io.BytesIO(data), storage_reader).load()
     except UnsafePickleError:
         raise
     except RecursionError:
         raise UnsafePickleError("malformed pickle: nested too deeply") from None
     except Exception as e:  # noqa: BLE001 - any other failure means a broken or hostile pickle
-        raise UnsafePickleError(f"malformed pickle: {type(e).__name__}: {e}") from None
+        raise UnsafePickleError(f"malformed pickle: {type(e).__name__}: {str(e)[:200]}") from None

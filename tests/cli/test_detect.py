@@ -7,12 +7,14 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from yolo_cli.outputs import video_format
 
 from tests.tools.ports import free_port
 
@@ -129,14 +131,22 @@ def test_video_through_rest(cli_server, fixture_images: Path, tmp_path: Path):
     assert [item["time"] for item in records] == [round(index / 15.0, 3) for index in range(12)]
     assert all((item["width"], item["height"]) == size for item in records)
 
-    annotated, out_fps, out_size = read_video(tmp_path / "out" / "clip.mp4")
+    # a format browsers play (docs/cli.md): H.264 MP4 where OpenCV has the encoder, else VP8 WebM
+    suffix, fourcc, _ = video_format()
+    assert (suffix, fourcc) in (("mp4", "avc1"), ("webm", "VP80"))
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"clip.{suffix}"]
+    capture = cv2.VideoCapture(str(tmp_path / "out" / f"clip.{suffix}"))
+    codec = int(capture.get(cv2.CAP_PROP_FOURCC)).to_bytes(4, "little").decode("latin-1").lower()
+    capture.release()
+    assert codec in ("avc1", "h264", "vp80", "vp08"), codec
+    annotated, out_fps, out_size = read_video(tmp_path / "out" / f"clip.{suffix}")
     assert len(annotated) == 12 and out_size == size and out_fps == pytest.approx(fps, abs=1e-3)
     drawn = 0
     for item, before, after in zip(records, source_frames, annotated, strict=True):
         difference = np.abs(after.astype(np.int16) - before.astype(np.int16)).max(axis=2)
         away = ~drawing_mask(before.shape[:2], item["boxes"])
         assert away.mean() > 0.05
-        # mp4v re-encodes: far from any box the frame only carries compression noise
+        # the encoder is lossy: far from any box the frame only carries compression noise
         assert difference[away].mean() < 8, f"frame {item['frame']}: changed away from the detections"
         edges = edge_pixels(before.shape[:2], item["boxes"])
         if edges.any():
@@ -254,7 +264,7 @@ def test_sigint_leaves_playable_video_and_complete_jsonl(cli_server, fixture_ima
     records = read_jsonl(jsonl)
     assert 5 <= len(records) < 150
     assert [item["frame"] for item in records] == list(range(len(records)))
-    frames, fps, size = read_video(tmp_path / "out" / "long.mp4")
+    frames, fps, size = read_video(tmp_path / "out" / f"long.{video_format()[0]}")
     assert len(frames) == len(records) and size == (160, 120) and fps == pytest.approx(25.0, abs=1e-3)
 
 
@@ -318,3 +328,91 @@ def test_console_script_is_installed():
         pytest.skip("the yolo-v7 console script is not installed in this environment")
     result = subprocess.run([found, "--version"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and result.stdout.startswith("yolo-v7 ")
+
+
+def test_ctrl_c_does_not_wait_for_a_request_in_flight(fixture_images: Path, tmp_path: Path):
+    """A predictor that accepts the request and never answers: Ctrl-C ends the CLI with 130 without
+    waiting for that request (which could take the whole --timeout, 300 s here)."""
+    import http.server
+    import threading
+
+    arrived = threading.Event()
+    release = threading.Event()
+
+    class Stuck(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # model metadata: enough for the client
+            body = json.dumps({"name": "yolov7", "parameters": {"class_names": ["person"]}}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_POST(self):
+            arrived.set()
+            release.wait(300)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Stuck)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        process = subprocess.Popen(
+            cli_command("detect", fixture_images / "zidane.jpg", "--url", f"http://127.0.0.1:{server.server_port}",
+                        "--timeout", "300", "--jsonl", tmp_path / "d.jsonl"),
+            cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert arrived.wait(120), "the request never reached the stub predictor"
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=60)  # far below the 300 s the request could still take
+        except subprocess.TimeoutExpired:
+            process.kill()
+            pytest.fail("Ctrl-C waited for the request in flight")
+        stderr = process.stderr.read()
+        assert process.returncode == 130, stderr
+        assert "interrupted" in stderr and "Traceback" not in stderr
+        assert (tmp_path / "d.jsonl").read_text() == ""
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()
+
+
+def test_second_ctrl_c_aborts_at_once():
+    """After the first Ctrl-C the process may still be busy (closing outputs, or the interpreter waiting
+    for a worker thread at exit): the second one ends it there and then, with 130 and no traceback."""
+    script = (
+        "import os, signal, threading\n"
+        "from yolo_cli.pipeline import StopFlag\n"
+        "with StopFlag() as stop:\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    assert stop.stopped\n"
+        "print('first', flush=True)\n"
+        "threading.Event().wait(300)\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", script], cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                                   [str(REPO_ROOT / "cli"), os.environ.get("PYTHONPATH", "")])})
+    assert process.stdout.readline().strip() == "first"
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        pytest.fail("a second Ctrl-C did not abort")
+    stderr = process.stderr.read()
+    assert process.returncode == 130, stderr
+    assert "Ctrl-C again to abort" in stderr and "aborted" in stderr and "Traceback" not in stderr
+
+
+def test_video_format_mp4v_on_request(cli_server, fixture_images: Path, tmp_path: Path):
+    video = tmp_path / "clip.mp4"
+    make_video(video, fixture_images / "bus.jpg", frames=3, fps=10.0, size=(160, 120))
+    ok(run_cli("detect", video, "--url", cli_server.http_url, "--out", tmp_path / "out", "--video-format", "mp4v", "-q"))
+    capture = cv2.VideoCapture(str(tmp_path / "out" / "clip.mp4"))
+    codec = int(capture.get(cv2.CAP_PROP_FOURCC)).to_bytes(4, "little").decode("latin-1").lower()
+    count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+    capture.release()
+    assert codec in ("mp4v", "fmp4") and count == 3  # FFmpeg reports MPEG-4 part 2 as FMP4

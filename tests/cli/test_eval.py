@@ -259,3 +259,48 @@ def test_eval_errors(tmp_path: Path):
     assert result.returncode == 2 and "absent.jpg" in result.stderr
     result = run_cli("eval", "--annotations", tmp_path / "none.json", "--url", "http://127.0.0.1:9")
     assert result.returncode == 2 and "needs --images" in result.stderr
+
+
+def _renumbered(truth: dict, new_id) -> dict:
+    """The same set with every category renumbered by ``new_id(class index)``."""
+    from yolo_cli.coco_categories import COCO80_TO_91
+
+    index_of = {cid: index for index, cid in enumerate(COCO80_TO_91)}
+    categories = [{**c, "id": new_id(index_of[c["id"]])} for c in truth["categories"]]
+    annotations = [{**a, "category_id": new_id(index_of[a["category_id"]])} for a in truth["annotations"]]
+    return {**truth, "categories": categories, "annotations": annotations}
+
+
+def test_eval_detects_the_category_scheme_and_refuses_a_contradicting_map(evaluated: dict, fixture_images: Path,
+                                                                          tiny_weights: Path):
+    """Ids 1..80 with COCO names: the old default (the COCO 80 → 91 table) scored AP ≈ 0.1 here without a
+    word; now the categories are matched by name (AP exactly 1, as for COCO's own ids), an explicit map
+    that contradicts the names is refused, and a nameless 1..80 set is refused rather than guessed."""
+    work = evaluated["work"]
+    local = ["--images", fixture_images, "--local", "--weights", tiny_weights, "--device", "cpu"]
+    one_to_80 = _renumbered(evaluated["truth"], lambda index: index + 1)
+    (work / "one-to-80.json").write_text(json.dumps(one_to_80))
+    result = ok(run_cli("eval", "--annotations", work / "one-to-80.json", *local, "--json", work / "one-to-80-m.json"))
+    assert "categories: ids 1..80, matched to the model's classes by name (80 of 80)" in result.stderr
+    for key in ("AP", "AP50", "AP75"):
+        assert metrics_of(work / "one-to-80-m.json")[key] == pytest.approx(1.0, abs=1e-6), key
+
+    refused = run_cli("eval", "--annotations", work / "one-to-80.json", *local, "--category-map", "coco80")
+    assert refused.returncode == 2
+    assert "--category-map coco80 does not fit ids 1..80" in refused.stderr and "use --category-map names" in refused.stderr
+
+    nameless = {**one_to_80, "categories": [{"id": c["id"]} for c in one_to_80["categories"]]}
+    (work / "nameless.json").write_text(json.dumps(nameless))
+    refused = run_cli("eval", "--annotations", work / "nameless.json", *local)
+    assert refused.returncode == 2 and "cannot tell how the model's classes map" in refused.stderr
+    # 0..79 without names is the model's own numbering: accepted, and scored right
+    zero_based = _renumbered(evaluated["truth"], lambda index: index)
+    zero_based["categories"] = [{"id": c["id"]} for c in zero_based["categories"]]
+    (work / "zero-based.json").write_text(json.dumps(zero_based))
+    result = ok(run_cli("eval", "--annotations", work / "zero-based.json", *local, "--json", work / "zero-m.json"))
+    assert "taken as the model's own class ids (identity)" in result.stderr
+    assert metrics_of(work / "zero-m.json")["AP"] == pytest.approx(1.0, abs=1e-6)
+
+    # results written with COCO's ids, scored against the 1..80 set: said loudly
+    result = ok(run_cli("eval", "--annotations", work / "one-to-80.json", "--detections", work / "above.json"))
+    assert "detections have category ids the annotations do not have" in result.stderr

@@ -121,6 +121,8 @@ def pretend_kserve_marks_ready(api: Api, namespace: str, name: str, url: str | N
             for kind in ("IngressReady", "PredictorReady", "Ready")
         ],
     }
+    # KServe reports the generation it reconciled; the operator's Ready waits for the latest one
+    status["observedGeneration"] = (api.isvc(namespace, name) or {}).get("metadata", {}).get("generation")
     return api.custom.patch_namespaced_custom_object_status(
         c.ISVC_GROUP, c.ISVC_VERSION, namespace, c.ISVC_PLURAL, name, {"status": status})
 

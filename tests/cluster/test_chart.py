@@ -170,6 +170,9 @@ def test_operator_reads_the_rendered_settings(name, args):
     assert config.baked_variants == tuple(values["predictor"]["bakedVariants"])
     assert config.liveness == "http://0.0.0.0:8080/healthz"
     assert config.resync_seconds == float(values["resyncSeconds"])
+    assert config.kserve_mode_names == values["kserve"]["modeNames"]
+    assert config.knative_features >= set(values["knative"]["features"])
+    assert config.knative_version == values["knative"]["version"]
     assert not cli_args.peering  # standalone: one replica, no peering objects (no RBAC for them either)
     assert cli_args.debug == (values["logLevel"] == "debug")
 
@@ -411,7 +414,7 @@ def _can_i(kube, namespace: str, sa: str, verb: str, resource: str, where: str, 
 ALLOWED = [
     ("list", YD, ""), ("watch", YD, ""), ("get", YD, ""), ("patch", YD, ""), ("patch", YD, "status"),
     ("update", YD, "finalizers"), ("create", ISVC, ""), ("patch", ISVC, ""), ("get", ISVC, ""),
-    ("watch", ISVC, ""), ("create", "events", ""),
+    ("watch", ISVC, ""), ("create", "events", ""), ("list", "events", ""),
 ]
 DENIED = [
     ("get", "secrets", ""), ("list", "secrets", ""), ("create", "deployments.apps", ""), ("create", "pods", ""),

@@ -104,6 +104,9 @@ def test_local_kubelet_rewrites_only_python_ports_and_mapped_paths():
 @pytest.mark.timeout(900)
 def test_apply_infer_patch_delete(yolo_fixtures, kube, namespace, tmp_path):
     from tests.cluster.helpers import Api, Operator, install_crd, wait_for
+    from tests.platform import kserve
+    from tests.platform.controller import KServeController
+    from tests.platform.webhook import KServeWebhooks
 
     checkpoint = yolo_fixtures / "yolov7-tiny-random.pt"
     image_path = yolo_fixtures / "images" / "bus.jpg"
@@ -130,8 +133,14 @@ def test_apply_infer_patch_delete(yolo_fixtures, kube, namespace, tmp_path):
 
     timings: dict[str, float] = {}
     operator = Operator(kube.kubeconfig, [namespace], log_path=tmp_path / "operator.log", resync_seconds=300)
-    kubelet = LocalKubelet(kube.api_client(), namespace, checkpoint=checkpoint, workdir=tmp_path / "node")
-    with operator, kubelet, _logs_on_failure(operator, kubelet):
+    # KServe 0.20 stand-ins: its webhooks (called by the API server) and its controller, which makes the
+    # Deployment in the API server; the predictor runs from that Deployment's pod template
+    profile = next(p for p in kserve.PROFILES if p.name == "kserve-0.20")
+    hooks = KServeWebhooks(kube.api_client(), profile, namespace)
+    controller = KServeController(kube.api_client(), profile, namespace, report_status=False)
+    kubelet = LocalKubelet(kube.api_client(), namespace, checkpoint=checkpoint, workdir=tmp_path / "node",
+                           pod_spec=controller.pod_spec)
+    with hooks, controller, operator, kubelet, _logs_on_failure(operator, kubelet):
         # 1. kubectl apply → the operator writes the InferenceService
         t0 = time.monotonic()
         kube.kubectl("-n", namespace, "apply", "-f", str(manifest))
@@ -141,8 +150,12 @@ def test_apply_infer_patch_delete(yolo_fixtures, kube, namespace, tmp_path):
         settings = parse_args(box["args"])
         assert settings.variant == VARIANT and settings.device == "cpu"
 
-        # 2. LocalKubelet runs the container as written: only python, ports and mounted paths differ
+        # 2. LocalKubelet runs the container of the Deployment KServe's controller made (admitted by the API
+        # server: requests within limits, ...) as written: only python, ports and mounted paths differ
         pod = kubelet.wait_ready(name)
+        template = controller.pod_spec(api.isvc(namespace, name))
+        assert template["containers"][0]["args"] == box["args"]
+        assert {e["name"] for e in template["containers"][0]["env"]} >= {"INFERENCE_SERVICE_NAME", "STORAGE_URI"}
         timings["InferenceService → predictor ready"] = time.monotonic() - t0 - timings["apply → InferenceService"]
         written = box["command"] + box["args"]
         assert len(pod.argv) == len(written)
@@ -171,15 +184,16 @@ def test_apply_infer_patch_delete(yolo_fixtures, kube, namespace, tmp_path):
         assert pod.url in table and "True" in table, table
 
         # 4. a real v2 inference answer equals the Detector's own, at the served thresholds
-        from predictor import codec
         from predictor.engine import Detector
+        from predictor.images import decode_image
+        from predictor.settings import DetectParams
 
         reference = Detector.from_weights(checkpoint, device="cpu", input_size=settings.input_size or None)
-        rgb = codec.decode_image(image, settings.max_image_pixels)
+        rgb = decode_image(image, settings.max_image_pixels)
 
         def expected(conf: float):
-            [found] = reference.detect([rgb], conf=conf, iou=settings.iou_threshold,
-                                       max_det=settings.max_detections)
+            [found] = reference.detect([rgb], DetectParams(confidence=conf, iou=settings.iou_threshold,
+                                                           max_detections=settings.max_detections))
             return found
 
         t2 = time.monotonic()

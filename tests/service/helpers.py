@@ -7,7 +7,7 @@ import base64
 import httpx
 import numpy as np
 
-from predictor import codec
+from predictor.images import decode_image
 from tests.tools.predictor_server import PredictorServer
 
 INPUT_SIZE = 320
@@ -23,12 +23,15 @@ def b64(data: bytes) -> str:
 
 
 def decode(data: bytes) -> np.ndarray:
-    return codec.decode_image(data, MAX_IMAGE_PIXELS)
+    return decode_image(data, MAX_IMAGE_PIXELS)
 
 
-def direct(detector, image: np.ndarray, *, conf: float = DEFAULT_CONF, iou: float = 0.45, max_det: int = 300,
-           classes=None, agnostic: bool = False):
-    [det] = detector.detect([image], conf=conf, iou=iou, max_det=max_det, classes=classes, agnostic=agnostic)
+def direct(detector, image: np.ndarray, *, confidence: float = DEFAULT_CONF, **params):
+    """The Detector's own answer for one image: the server's defaults here, overridden by ``params``
+    (the other :class:`~predictor.settings.DetectParams` fields)."""
+    from predictor.settings import DetectParams
+
+    [det] = detector.detect([image], DetectParams(confidence=confidence, **params))
     return det
 
 

@@ -3,26 +3,29 @@ message naming the problem; the server keeps serving and its memory stays bounde
 
 from __future__ import annotations
 
+import base64
+import gzip
 import json
 import struct
-import zlib
 from dataclasses import dataclass
 
 import grpc
 import httpx
+import numpy as np
 import pytest
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
 
-from tests.service.helpers import MAX_IMAGE_PIXELS, MAX_IMAGES, MAX_REQUEST_BYTES, b64, v2_outputs, v2_request
-
-
-def _png_claiming(width: int, height: int) -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+from tests.service.helpers import (
+    MAX_IMAGE_PIXELS,
+    MAX_IMAGES,
+    MAX_REQUEST_BYTES,
+    b64,
+    scrape,
+    v2_outputs,
+    v2_request,
+)
+from tests.tools.images import encode, png_claiming, png_corrupt_idat, png_forged_chunk
 
 
 @dataclass(frozen=True)
@@ -38,8 +41,8 @@ def bad_images(bus: bytes) -> list[BadImage]:
         BadImage("non-image bytes", b"%PDF-1.4 definitely not an image", "not a JPEG, PNG, BMP or WebP image"),
         BadImage("truncated JPEG", bus[: len(bus) // 2], "truncated JPEG"),
         BadImage("JPEG header only", bus[:600], "truncated JPEG"),
-        BadImage("decompression bomb PNG", _png_claiming(100_000, 100_000), "10000000000 pixels is over the limit"),
-        BadImage("PNG over the pixel limit", _png_claiming(3000, 2000), "6000000 pixels is over the limit"),
+        BadImage("decompression bomb PNG", png_claiming(100_000, 100_000), "10000000000 pixels is over the limit"),
+        BadImage("PNG over the pixel limit", png_claiming(3000, 2000), "6000000 pixels is over the limit"),
     ]
 
 
@@ -196,3 +199,145 @@ def test_pixels_tensor_memory_is_bounded_by_the_limit(server):
         response = client.post(server.infer_url, json=body)
     assert response.status_code == 400
     assert f"= {50_000 * 50_000} pixels is over the limit of {MAX_IMAGE_PIXELS}" in response.json()["error"]
+
+
+# ----- issue 12 -------------------------------------------------------------------------------------
+def _log_lines(server) -> list[str]:
+    return server.log_text().splitlines()
+
+
+def test_forged_png_chunk_is_a_400_with_bounded_memory(server, images):
+    """Issue 12.1: a ~120-byte PNG whose chunk declares 300 MB (4 GiB in the report) made OpenCV allocate it,
+    once per image of the request."""
+    forged = png_forged_chunk(300_000_000)
+    with httpx.Client(timeout=120) as client:
+        assert client.post(server.infer_url, json=v2_request(images["zidane"])).status_code == 200
+        before = server.rss_bytes()
+        response = client.post(server.infer_url, json=v2_request(forged, forged))
+        growth = server.rss_bytes() - before
+    assert response.status_code == 400
+    assert "image 0: corrupt PNG: chunk tEXt at byte 33 declares 300000000 bytes" in response.json()["error"]
+    assert growth < 100 * 1024 * 1024, f"RSS grew by {growth / 2**20:.0f} MiB for a {len(forged)}-byte image"
+
+
+THIN = [(2000, 1), (4000, 2), (1, 10000)]
+
+
+def test_thin_images_are_400_over_every_protocol_and_the_connection_survives(server, images):
+    """Issue 12.2: 2000x1, 4000x2, 1x10000 hit an OpenCV assertion (500 / INTERNAL, ~152 log lines, not
+    counted as request errors) and reset the next request on the same keep-alive connection."""
+    good = images["zidane"]
+    with httpx.Client(timeout=120) as client, grpc.insecure_channel(server.grpc_target) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        counted = scrape(client, server).get('yolo_request_errors_total{code="image_shape",protocol="v2"}', 0)
+        for width, height in THIN:
+            thin = encode(".png", np.zeros((height, width, 3), np.uint8))
+            expected = f"{width}x{height}"
+            outcome = _rest(client, server.infer_url, json=v2_request(good, thin))
+            assert (outcome.status, expected in outcome.message) == (400, True), outcome
+            assert "image 1" in outcome.message
+            outcome = _rest(client, server.predict_url, json={"instances": [b64(thin)]})
+            assert (outcome.status, expected in outcome.message) == (400, True), outcome
+            outcome = _grpc(stub, _grpc_bytes(thin))
+            assert outcome.status == 400 and expected in outcome.message, outcome
+            # the same keep-alive connection answers the next request
+            assert client.post(server.infer_url, json=v2_request(good)).status_code == 200
+        after = scrape(client, server)['yolo_request_errors_total{code="image_shape",protocol="v2"}']
+    assert after - counted == len(THIN)
+
+
+def _double_parameter(value: float) -> pb.InferParameter:
+    """What tritonclient sends for a Python float: ``double_param``, field 4, which KServe's proto lacks."""
+    parameter = pb.InferParameter()
+    parameter.MergeFromString(b"\x21" + struct.pack("<d", value))
+    return parameter
+
+
+def _num_detections(response: pb.ModelInferResponse) -> list[int]:
+    [index] = [i for i, output in enumerate(response.outputs) if output.name == "num_detections"]
+    if response.raw_output_contents:
+        return np.frombuffer(response.raw_output_contents[index], np.int32).tolist()
+    return list(response.outputs[index].contents.int_contents)
+
+
+def test_grpc_float_parameters_are_read_or_refused_never_dropped(server, images):
+    """Issue 12.3: confidence=0.9 as a float answered with the default threshold; 1.5 was accepted."""
+    request = _grpc_bytes(images["zidane"])
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        default = stub.ModelInfer(request, timeout=60)
+        request.parameters["confidence"].CopyFrom(pb.InferParameter(string_param="0.3"))
+        as_string = stub.ModelInfer(request, timeout=60)
+        request.parameters["confidence"].CopyFrom(_double_parameter(0.3))
+        as_double = stub.ModelInfer(request, timeout=60)
+        request.parameters["confidence"].CopyFrom(_double_parameter(1.5))
+        refused = _grpc(stub, request)
+        request.parameters["confidence"].CopyFrom(pb.InferParameter())
+        empty = _grpc(stub, request)
+    assert _num_detections(as_double) == _num_detections(as_string)
+    assert _num_detections(as_string)[0] < _num_detections(default)[0]  # the threshold took effect
+    assert refused.status == 400 and "'confidence' must be in [0, 1], got 1.5" in refused.message
+    assert empty.status == 400 and "'confidence' has no value this server can read" in empty.message
+
+
+def test_one_log_line_per_rejected_request_with_its_id(server, images):
+    """Issue 12.7: every rejected request logged a full traceback (100 bad requests -> 4,100 lines)."""
+    good = images["zidane"]
+    with httpx.Client(timeout=120) as client, grpc.insecure_channel(server.grpc_target) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        start = len(_log_lines(server))
+        sends = []
+        for index in range(5):
+            sends += [
+                lambda i=index: client.post(server.infer_url, json={"id": f"bad-v2-{i}", **v2_request(b"junk")}),
+                lambda i=index: client.post(server.predict_url, json={"instances": ["%%%"]},
+                                            headers={"x-request-id": f"bad-v1-{i}"}),
+                lambda i=index: _grpc(stub, pb.ModelInferRequest(id=f"bad-grpc-{i}", model_name="yolov7",
+                                                                 inputs=_grpc_bytes(b"junk").inputs)),
+                lambda: client.post(server.http_url + "/v2/models/nope/infer", json=v2_request(good)),
+                lambda: client.post(server.infer_url, content=b"{nope", headers={"content-type": "application/json"}),
+                lambda: client.post(server.infer_url, json=v2_request(png_corrupt_idat())),  # libpng's own line
+            ]
+        for send in sends:
+            send()
+        assert client.post(server.infer_url, json=v2_request(good)).status_code == 200
+        added = _log_lines(server)[start:]
+    assert len(added) <= len(sends), "\n".join(added[-20:])
+    assert not any("Traceback" in line for line in added), "\n".join(added[-20:])
+    for index in range(5):
+        for rid in (f"bad-v2-{index}", f"bad-v1-{index}", f"bad-grpc-{index}"):
+            assert sum(rid in line for line in added) == 1, (rid, added)
+
+
+def test_smaller_wire_issues(server, images):
+    """Issue 12.8: gRPC output subset, gzip bodies, URL-safe/MIME base64, v1 text/plain, {"error"} bodies."""
+    good = images["zidane"]
+    with httpx.Client(timeout=120) as client, grpc.insecure_channel(server.grpc_target) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        request = _grpc_bytes(good)
+        request.outputs.add(name="num_detections")
+        request.outputs.add(name="image_sizes")
+        answer = stub.ModelInfer(request, timeout=60)
+        assert sorted(output.name for output in answer.outputs) == ["image_sizes", "num_detections"]
+        request.outputs.add(name="masks")
+        assert "unknown output 'masks'" in _grpc(stub, request).message
+
+        body = json.dumps(v2_request(good)).encode()
+        plain = client.post(server.infer_url, content=body, headers={"content-type": "application/json"})
+        zipped = client.post(server.infer_url, content=gzip.compress(body),
+                             headers={"content-type": "application/json", "content-encoding": "gzip"})
+        assert zipped.status_code == 200 and zipped.json()["outputs"] == plain.json()["outputs"]
+        v1 = json.dumps({"instances": [base64.urlsafe_b64encode(good).decode()]}).encode()
+        for headers, content in [({"content-encoding": "gzip"}, gzip.compress(v1)),
+                                 ({"content-type": "text/plain"}, v1)]:
+            response = client.post(server.predict_url, content=content, headers=headers)
+            assert response.status_code == 200, (headers, response.text)
+        mime = base64.encodebytes(good).decode()
+        assert client.post(server.predict_url, json={"instances": [mime]}).status_code == 200
+        refused = client.post(server.infer_url, content=body, headers={"content-encoding": "br"})
+        assert refused.status_code == 415 and "Content-Encoding 'br' is not supported" in refused.json()["error"]
+        bomb = gzip.compress(bytes(MAX_REQUEST_BYTES + 1))
+        refused = client.post(server.infer_url, content=bomb, headers={"content-encoding": "gzip"})
+        assert refused.status_code == 413 and "decodes to more than" in refused.json()["error"]
+        for response in (client.get(server.infer_url), client.get(server.http_url + "/no/such/route")):
+            assert response.status_code in (404, 405) and set(response.json()) == {"error"}, response.text

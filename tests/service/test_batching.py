@@ -42,7 +42,7 @@ async def test_concurrent_clients_get_their_own_results_and_batches_form(server,
     pictures = _distinct_images(images)
     assert len({p.shape for p in pictures}) == CLIENTS  # every client's image differs in shape
     confidences = [round(0.02 + 0.002 * i, 3) for i in range(CLIENTS)]  # and in threshold
-    expected = [direct(detector, p, conf=c) for p, c in zip(pictures, confidences, strict=True)]
+    expected = [direct(detector, p, confidence=c) for p, c in zip(pictures, confidences, strict=True)]
     bodies = [v2_request(_png(p), parameters={"confidence": c}) for p, c in zip(pictures, confidences, strict=True)]
 
     with httpx.Client(timeout=60) as sync:

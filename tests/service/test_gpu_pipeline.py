@@ -46,15 +46,18 @@ def _found(reference, candidate, min_score: float = 0.2, min_iou: float = 0.7) -
 def test_gpu_pipeline(tiny_weights, images):
     from prometheus_client import CollectorRegistry
 
-    from predictor.codec import DetectParams, Limits, RequestError, decode_image
     from predictor.engine import Detector
+    from predictor.errors import RequestError
+    from predictor.images import decode_image
     from predictor.metrics import service_metrics
     from predictor.pipeline import DetectionPipeline
+    from predictor.settings import DetectParams
+    from predictor.wire import Limits
 
     detector = Detector.from_weights(tiny_weights, device="cuda")
     assert detector.precision == "fp16"
     limits = Limits(max_images=64, max_pixels=40_000_000, max_bytes=32 << 20)
-    params = DetectParams(conf=0.05, iou=0.45, max_det=300)
+    params = DetectParams(confidence=0.05, iou=0.45, max_detections=300)
     ok, png = cv2.imencode(".png", cv2.imdecode(np.frombuffer(images["zidane"], np.uint8), cv2.IMREAD_COLOR))
     sources = [images[name] for name in sorted(images)] + [png.tobytes()]
     bus = images["bus"]
@@ -79,20 +82,17 @@ def test_gpu_pipeline(tiny_weights, images):
     import torchvision.io as tvio
 
     from predictor import ops
-    from predictor.engine import LetterboxInfo
 
     def gpu_reference(data: bytes):
         """nvJPEG + GPU letterbox + the detector, one image, outside the pipeline."""
         [image] = tvio.decode_jpeg([torch.frombuffer(bytearray(data), dtype=torch.uint8)],
                                    mode=tvio.ImageReadMode.RGB, device="cuda")
-        letterboxed, ratio, pad = ops.letterbox_tensor(image, detector.input_size, channels_last=False,
-                                                       dtype=detector.dtype)
+        letterboxed, geometries = detector.letterbox_tensors([image])
         rgb = decode_image(data, limits.max_pixels)
-        cpu_letterboxed, _, _ = ops.letterbox(rgb, detector.input_size)
-        grey = (letterboxed.float().cpu() * 255 - torch.from_numpy(cpu_letterboxed).permute(2, 0, 1).float())
-        info = LetterboxInfo((int(image.shape[1]), int(image.shape[2])), ratio, pad)
-        raw = detector.forward(letterboxed[None].contiguous(memory_format=torch.channels_last))
-        return detector.postprocess(raw, [info], **params.as_kwargs())[0], grey.abs().mean().item()
+        cpu_letterboxed, _ = ops.letterbox(rgb, detector.input_size)
+        grey = (letterboxed[0].float().cpu() * 255 - torch.from_numpy(cpu_letterboxed).permute(2, 0, 1).float())
+        raw = detector.forward(letterboxed)
+        return detector.postprocess(raw, geometries, params)[0], grey.abs().mean().item()
 
     gpu, cpu = pipeline(True), pipeline(False)
     assert gpu.gpu_decode and not cpu.gpu_decode
@@ -104,7 +104,7 @@ def test_gpu_pipeline(tiny_weights, images):
     if isinstance(gpu_out[-1], BaseException):
         assert isinstance(gpu_out[-1], (RequestError, RuntimeError)), repr(gpu_out[-1])
     for index, ((g, g_size), (c, c_size)) in enumerate(zip(gpu_out[:-1], cpu_out, strict=True)):
-        ref = detector.detect([decode_image(sources[index], limits.max_pixels)], **params.as_kwargs())[0]
+        ref = detector.detect([decode_image(sources[index], limits.max_pixels)], params)[0]
         assert g_size == c_size
         assert len(c) > 0 and len(g) > 0
         # fp16 and another batch composition move some boxes of the chaotic random network; an image mixed
@@ -143,16 +143,17 @@ def test_tensor_decode_path_on_the_cpu(tiny_weights, images):
     sizes, order, a PNG mixed in, and an undecodable JPEG failing alone."""
     from prometheus_client import CollectorRegistry
 
-    from predictor.codec import DetectParams, Limits
     from predictor.engine import Detector
     from predictor.metrics import service_metrics
     from predictor.pipeline import DetectionPipeline
+    from predictor.settings import DetectParams
+    from predictor.wire import Limits
 
     detector = Detector.from_weights(tiny_weights, device="cpu", input_size=320)
     p = DetectionPipeline(detector, limits=Limits(64, 40_000_000, 32 << 20), max_batch_size=8,
                           max_batch_delay_s=0.05, metrics=service_metrics(CollectorRegistry()))
     p.gpu_decode = True  # normally CUDA only; torchvision decodes JPEG batches on the CPU device too
-    params = DetectParams(conf=0.05, iou=0.45, max_det=300)
+    params = DetectParams(confidence=0.05, iou=0.45, max_detections=300)
     ok, png = cv2.imencode(".png", cv2.imdecode(np.frombuffer(images["horses"], np.uint8), cv2.IMREAD_COLOR))
     bus = images["bus"]
     scan = bus.find(b"\xff\xda", bus.find(b"\xff\xc0"))

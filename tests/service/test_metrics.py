@@ -59,7 +59,8 @@ def test_server_timing_header(http, server, images):
 
 
 def _request_lines(log: str) -> list[str]:
-    return [line for line in log.splitlines() if "/v2/models/" in line and "/infer" in line]
+    """Access-log lines of v2 infer requests (not the startup line that names the URL)."""
+    return [line for line in log.splitlines() if "POST /v2/models/" in line and "/infer" in line]
 
 
 def test_request_logs_are_off_by_default_and_on_when_asked(http, server, images, tiny_weights):

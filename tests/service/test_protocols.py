@@ -85,7 +85,7 @@ def test_v2_binary_tensor_extension(http, server, detector, images):
     out = v2_outputs(response.json())
     n = int(out["num_detections"][0])
     assert_same_detections(out["detection_boxes"][0, :n], out["detection_scores"][0, :n],
-                           out["detection_classes"][0, :n], direct(detector, decode(data), conf=0.1))
+                           out["detection_classes"][0, :n], direct(detector, decode(data), confidence=0.1))
 
 
 def test_v2_uint8_pixels(http, server, detector, images):
@@ -112,7 +112,7 @@ def test_v1_instances(http, server, detector, images):
         dets = prediction["detections"]
         assert all(d["label"] == detector.names[d["class_id"]] for d in dets)
         assert_same_detections([d["box"] for d in dets], [d["score"] for d in dets], [d["class_id"] for d in dets],
-                               direct(detector, decode(data), conf=0.2))
+                               direct(detector, decode(data), confidence=0.2))
 
 
 def test_request_parameters_override_the_defaults(http, server, detector, images):
@@ -123,8 +123,8 @@ def test_request_parameters_override_the_defaults(http, server, detector, images
     cases = [
         ({"classes": top_name}, {"classes": [top_class]}),
         ({"classes": str(top_class)}, {"classes": [top_class]}),
-        ({"max_detections": 3}, {"max_det": 3}),
-        ({"confidence": 0.3, "iou": 0.3}, {"conf": 0.3, "iou": 0.3}),
+        ({"max_detections": 3}, {"max_detections": 3}),
+        ({"confidence": 0.3, "iou": 0.3}, {"confidence": 0.3, "iou": 0.3}),
         ({"agnostic": True}, {"agnostic": True}),
     ]
     for parameters, kwargs in cases:
@@ -196,7 +196,7 @@ def test_grpc_raw_input_contents_match_the_detector(server, detector, images):
     n = int(out["num_detections"][0])
     assert out["image_sizes"].tolist() == [[1080, 810]]
     assert_same_detections(out["detection_boxes"][0, :n], out["detection_scores"][0, :n],
-                           out["detection_classes"][0, :n], direct(detector, decode(data), conf=0.1, max_det=50))
+                           out["detection_classes"][0, :n], direct(detector, decode(data), confidence=0.1, max_detections=50))
     assert [label.decode() for label in out["detection_labels"][0, :n]] == [
         detector.names[c] for c in out["detection_classes"][0, :n]
     ]

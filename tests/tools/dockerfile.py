@@ -3,6 +3,7 @@
     df = Dockerfile.read("Dockerfile")
     df.stage("predictor").entrypoint          # ["python", "-m", "predictor"]
     df.resolved("operator", "USER")           # the last USER along the operator target's FROM chain
+    df.chain("predictor", {"TORCH_FLAVOR": "cpu"})  # FROM torch-${TORCH_FLAVOR}: global ARGs substituted
 
 Handles comments, line continuations, ``FROM x AS name`` chains, JSON (exec) and shell forms. Enough for
 the project's own Dockerfile; not a full BuildKit parser (no heredocs, no escape directive).
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,26 +140,41 @@ class Dockerfile:
                 return stage
         raise KeyError(f"no stage {name!r} in {self.path} (stages: {[s.name for s in self.stages]})")
 
-    def chain(self, name: str) -> list[Stage]:
+    def arg_defaults(self, build_args: dict[str, str] | None = None) -> dict[str, str]:
+        """The ARGs declared before the first FROM, with their defaults, overridden by ``build_args``."""
+        values: dict[str, str] = {}
+        for inst in self.global_args:
+            if inst.keyword == "ARG":
+                key, _, default = inst.value.partition("=")
+                values[key.strip()] = default.strip().strip('"')
+        return {**values, **{k: v for k, v in (build_args or {}).items() if k in values}}
+
+    def base_of(self, stage: Stage, build_args: dict[str, str] | None = None) -> str:
+        """``stage``'s FROM with global ARGs substituted (``FROM torch-${TORCH_FLAVOR}`` → ``torch-cuda``)."""
+        args = self.arg_defaults(build_args)
+        return re.sub(r"\$\{?(\w+)\}?", lambda m: args.get(m.group(1), ""), stage.base)
+
+    def chain(self, name: str, build_args: dict[str, str] | None = None) -> list[Stage]:
         """The stage and the stages it is built FROM, base first."""
         out: list[Stage] = []
+        names = {s.name for s in self.stages}
         current: Stage | None = self.stage(name)
         while current is not None:
             out.insert(0, current)
-            names = {s.name for s in self.stages}
-            current = self.stage(current.base) if current.base in names else None
+            base = self.base_of(current, build_args)
+            current = self.stage(base) if base in names else None
         return out
 
-    def resolved(self, name: str, keyword: str) -> Instruction | None:
+    def resolved(self, name: str, keyword: str, build_args: dict[str, str] | None = None) -> Instruction | None:
         """The effective (last) ``keyword`` instruction of target ``name``, inherited along its chain."""
         found = None
-        for stage in self.chain(name):
+        for stage in self.chain(name, build_args):
             found = stage.last(keyword) or found
         return found
 
-    def resolved_env(self, name: str) -> dict[str, str]:
+    def resolved_env(self, name: str, build_args: dict[str, str] | None = None) -> dict[str, str]:
         env: dict[str, str] = {}
-        for stage in self.chain(name):
+        for stage in self.chain(name, build_args):
             env.update(stage.env())
         return env
 

@@ -92,7 +92,8 @@ def kube(kube_bare: KubeHandle) -> KubeHandle:
 
 @pytest.fixture
 def namespace(kube_bare: KubeHandle, request) -> str:
-    base = "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:40].strip("-")
+    # short: Knative hostnames <name>-predictor-<namespace> must fit in 63 characters
+    base = "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:24].strip("-")
     name = f"t-{base}-{uuid.uuid4().hex[:5]}"
     kube_bare.kubectl("create", "namespace", name)
     yield name

@@ -246,7 +246,7 @@ class _FakePipeline:
     """Stands in for DetectionPipeline: ``prepare`` parks until ``go`` is set, then succeeds or fails."""
 
     def __init__(self):
-        from predictor.codec import Limits
+        from predictor.wire import Limits
 
         self.limits = Limits(16, 1_000_000, 1 << 20)
         self.go = asyncio.Event()
@@ -257,7 +257,7 @@ class _FakePipeline:
         self.entered += 1
         await self.go.wait()
         if self.fail:
-            from predictor.codec import RequestError
+            from predictor.errors import RequestError
 
             raise RequestError("image 0: corrupt", "decode")
         return [object() for _ in sources]
@@ -269,16 +269,15 @@ class _FakePipeline:
 def _model(limit: int):
     from prometheus_client import CollectorRegistry
 
-    from predictor.codec import DetectParams
     from predictor.metrics import service_metrics
-    from predictor.service import YoloV7Model
-    from predictor.settings import PredictorSettings
+    from predictor.model import YoloV7Model
+    from predictor.settings import DetectParams, PredictorSettings
 
     model = YoloV7Model("m", PredictorSettings(max_queued_images=limit))
     model.metrics = service_metrics(CollectorRegistry())
     model.admission = Admission(limit, on_change=model.metrics.in_flight.set)
     model.pipeline = _FakePipeline()
-    model.defaults = DetectParams(conf=0.25, iou=0.45, max_det=300, classes=None)
+    model.defaults = DetectParams(confidence=0.25, iou=0.45, max_detections=300, classes=None)
     model.names = ["thing"]
 
     async def postprocess(job, headers=None, response_headers=None):
@@ -301,7 +300,7 @@ async def _until(condition, timeout: float = 5.0) -> None:
 
 
 async def test_service_admission_refuses_releases_on_success_failure_and_cancel():
-    from predictor.codec import Overloaded, RequestError
+    from predictor.errors import Overloaded, RequestError
 
     model = _model(3)
     pipeline = model.pipeline
@@ -337,7 +336,7 @@ async def test_service_admission_refuses_releases_on_success_failure_and_cancel(
 
 
 def test_warmup_batch_sizes_per_acceleration():
-    from predictor.service import warmup_batch_sizes
+    from predictor.model import warmup_batch_sizes
 
     assert warmup_batch_sizes("eager", "cpu", 32) == [1]
     assert warmup_batch_sizes("cudagraph", "cuda", 8) == list(range(1, 9))

@@ -19,6 +19,8 @@ import torch
 from predictor.yolov7 import CheckpointError, YOLOv7, build_model, load_checkpoint, save_export
 from predictor.yolov7.convert import main as convert_main
 from predictor.yolov7.names import COCO_NAMES
+from tests.tools import hostile_checkpoints as hostile
+from tests.tools.hostile_checkpoints import reduce_pickle, torch_zip
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -83,32 +85,18 @@ def test_loads_official_release_format_without_its_code(variant, params, yolo_fi
 # --------------------------------------------------------------------------------------------------
 # hostile pickles
 # --------------------------------------------------------------------------------------------------
-def _reduce_pickle(module: str, name: str, *args) -> bytes:
-    """A protocol-2 pickle that calls ``module.name(*args)`` when loaded by a plain unpickler."""
-    body = pickle.dumps(tuple(args), protocol=2)[2:-1]  # drop PROTO and STOP
-    return b"\x80\x02c" + f"{module}\n{name}\n".encode() + body + b"R."
-
-
 def _wrap_in_dict(payload: bytes) -> bytes:
     """``{'model': <payload>}``: the payload nested where the model object would be."""
     return b"\x80\x02}X\x05\x00\x00\x00model" + payload[2:-1] + b"s."
 
 
-def _torch_zip(path: Path, data_pkl: bytes) -> Path:
-    with zipfile.ZipFile(path, "w") as zf:
-        zf.writestr("archive/data.pkl", data_pkl)
-        zf.writestr("archive/byteorder", "little")
-        zf.writestr("archive/version", "3\n")
-    return path
-
-
 def _payloads(sentinel: Path) -> dict[str, bytes]:
     cmd = f"touch {sentinel}"
     return {
-        "os.system": _reduce_pickle("os", "system", cmd),
-        "posix.system": _reduce_pickle("posix", "system", cmd),
-        "builtins.eval": _reduce_pickle("builtins", "eval", f"open({str(sentinel)!r}, 'w').close()"),
-        "subprocess.Popen": _reduce_pickle("subprocess", "Popen", ["touch", str(sentinel)]),
+        "os.system": reduce_pickle("os", "system", cmd),
+        "posix.system": reduce_pickle("posix", "system", cmd),
+        "builtins.eval": reduce_pickle("builtins", "eval", f"open({str(sentinel)!r}, 'w').close()"),
+        "subprocess.Popen": reduce_pickle("subprocess", "Popen", ["touch", str(sentinel)]),
     }
 
 
@@ -129,7 +117,7 @@ def test_hostile_pickles_are_refused(callee, container, tmp_path):
         path.write_bytes(payload)
     else:
         data = _wrap_in_dict(payload) if container == "torch-zip-nested" else payload
-        path = _torch_zip(tmp_path / "evil.pt", data)
+        path = torch_zip(tmp_path / "evil.pt", data)
     with pytest.raises(CheckpointError) as info:
         load_checkpoint(path)
     assert (
@@ -144,7 +132,7 @@ def test_pickled_class_of_unknown_module_is_refused(tmp_path):
         def __reduce__(self):
             return (os.system, ("true",))
 
-    path = _torch_zip(tmp_path / "evil.pt", pickle.dumps({"model": Evil()}, protocol=2))
+    path = torch_zip(tmp_path / "evil.pt", pickle.dumps({"model": Evil()}, protocol=2))
     with pytest.raises(
         CheckpointError, match=r"the pickle calls (posix|os)\.system, which is not on the allow-list"
     ):
@@ -301,7 +289,7 @@ def test_convert_cli_subprocess(yolo_fixtures, tmp_path):
     _same_tensors(back.state_dict, orig.state_dict)  # fp16 source → fp16 export: lossless
     assert out.stat().st_size < 14_000_000
 
-    evil = _torch_zip(tmp_path / "evil.pt", _reduce_pickle("os", "system", f"touch {tmp_path / 'pwned'}"))
+    evil = torch_zip(tmp_path / "evil.pt", reduce_pickle("os", "system", f"touch {tmp_path / 'pwned'}"))
     run = subprocess.run(
         [sys.executable, "-m", "predictor.yolov7.convert", str(evil), str(tmp_path / "x.safetensors")],
         capture_output=True,
@@ -344,3 +332,70 @@ def test_bare_pickle_cannot_smuggle_storages(tmp_path):
     (tmp_path / "legacy.pt").write_bytes(buf.getvalue())
     with pytest.raises(CheckpointError, match="legacy"):
         load_checkpoint(tmp_path / "legacy.pt")
+
+
+# --------------------------------------------------------------------------------------------------
+# issue 12: zip bombs, nesting, the loader's own objects (each loaded in a bounded child process)
+# --------------------------------------------------------------------------------------------------
+def _load_bounded(path: Path) -> dict:
+    status, reports = hostile.load_in_subprocess([path])
+    assert status == 0, f"the loader process died (status {status}) on {path.name}"
+    [report] = reports
+    assert not report["outcome"].startswith("ESCAPED"), report
+    return report
+
+
+@pytest.mark.parametrize("entry", ["storage", "pickle"])
+def test_zip_bomb_is_refused_by_its_declared_sizes_before_inflating(entry, tmp_path):
+    """Issue 12.4: a 600 KB archive declaring 600 MB was inflated first (+1,200 MB peak RSS measured)."""
+    path = hostile.zip_bomb(tmp_path / "bomb.pt", 600 << 20, entry=entry)
+    assert path.stat().st_size < 1 << 20
+    report = _load_bounded(path)
+    assert "its entries declare 629145" in report["outcome"] and "over the limit of 67108864 bytes" in report["outcome"]
+    assert report["peak_growth_mb"] < 32, report
+
+
+def test_storage_size_is_checked_against_its_declared_size(tmp_path):
+    path = torch_zip(tmp_path / "forged.pt", hostile.storage_pickle("0", 2**60, (4,)), {"0": bytes(6)})
+    report = _load_bounded(path)
+    assert "storage 0 declares 6 bytes, its tensor needs 2305843009213693952" in report["outcome"]
+
+
+@pytest.mark.parametrize("container", ["dict", "set"])
+def test_deeply_nested_key_does_not_crash_the_interpreter(container, tmp_path):
+    """Issue 12.5: hashing a tuple nested 1,000,000 deep (dict key / set member) segfaulted the loader."""
+    path = torch_zip(tmp_path / "deep.pt", hostile.nested_key_pickle(1_000_000, container))
+    assert "nested deeper than 100 levels" in _load_bounded(path)["outcome"]
+
+
+def test_shallower_nesting_is_a_checkpoint_error_not_a_recursion_error(tmp_path):
+    """Issue 12.5: 3,000 levels escaped as an uncaught RecursionError from checkpoint.py."""
+    path = torch_zip(tmp_path / "deep.pt", hostile.nested_key_pickle(3000))
+    with pytest.raises(CheckpointError, match="nested deeper than 100 levels"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        (hostile.swapped_function_pickle(), "state applied to a loader object"),
+        (hostile.shadowed_get_pickle(), r"an OrderedDict given attributes \['get'\]"),
+    ],
+    ids=["function-wrapper", "OrderedDict.get"],
+)
+def test_pickle_cannot_reach_the_loaders_own_objects(payload, message, tmp_path):
+    """Issue 12.6: BUILD could swap an allowed function's target and shadow OrderedDict.get."""
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(torch_zip(tmp_path / "steer.pt", payload))
+    from predictor.yolov7 import safe_pickle
+
+    with pytest.raises(TypeError):
+        safe_pickle._FUNCS[("builtins", "eval")] = eval  # the tables are read-only
+
+
+def test_memo_index_cannot_size_the_unpicklers_memo_table(tmp_path):
+    """Found by the fuzz tier: one flipped byte in LONG_BINPUT's index made the C unpickler allocate a
+    memo table of 2 x 33.5 M entries (+502 MB peak RSS for the mutated official fixture)."""
+    path = torch_zip(tmp_path / "memo.pt", b"\x80\x02Nr\x15\x0e\x00\x02.")
+    with pytest.raises(CheckpointError, match="memo index 33558037 is out of range"):
+        load_checkpoint(path)

@@ -107,7 +107,7 @@ def test_image_ids(tmp_path: Path):
 
 
 def test_params_and_names():
-    assert Params(conf=0.3, iou=0.5, max_det=10, classes=(0, "car"), agnostic=True).as_request_parameters() == {
+    assert Params(confidence=0.3, iou=0.5, max_detections=10, classes=(0, "car"), agnostic=True).as_request_parameters() == {
         "confidence": 0.3, "iou": 0.5, "max_detections": 10, "classes": "0,car", "agnostic": True}
     assert Params().as_request_parameters() == {}
     names = ["person", "bicycle", "car"]

@@ -102,10 +102,48 @@ def test_oci_labels(df, target):
         assert f"org.opencontainers.image.{key}=" in labels, f"{target}: label org.opencontainers.image.{key}"
 
 
-@pytest.mark.parametrize(("target", "path"), [("predictor", "/v2/health/ready"), ("operator", "/healthz")])
-def test_healthcheck_uses_the_probed_route(df, target, path):
+def test_healthcheck_uses_the_probed_route(df):
+    check = df.stage("operator").last("HEALTHCHECK")
+    assert check is not None and "127.0.0.1:8080/healthz" in check.value
+
+
+def healthcheck_command(df: Dockerfile, target: str = "predictor") -> list[str]:
+    """The HEALTHCHECK's exec-form command (after ``CMD``)."""
     check = df.stage(target).last("HEALTHCHECK")
-    assert check is not None and f"127.0.0.1:8080{path}" in check.value
+    assert check is not None
+    return json.loads(check.value[check.value.index("CMD") + 3:].strip())
+
+
+@pytest.mark.parametrize("status", [200, 503])
+def test_predictor_healthcheck_asks_the_ready_route_on_port(df, status, tmp_path):
+    """The predictor's HEALTHCHECK (also Fargate's container health check) follows $PORT, as the server does."""
+    import http.server
+    import threading
+
+    seen: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            seen.append(self.path)
+            self.send_response(status if self.path == "/v2/health/ready" else 404)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        command = healthcheck_command(df)
+        assert command[0] == "python"
+        env = {"PATH": _path(), "PORT": str(httpd.server_address[1])}
+        proc = subprocess.run([sys.executable, *command[1:]], env=env, capture_output=True, text=True, timeout=30)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert seen == ["/v2/health/ready"]
+    assert (proc.returncode == 0) == (status == 200), proc.stderr
 
 
 # ----- entry commands: exactly what runs locally ----------------------------------------------------
@@ -151,7 +189,44 @@ def test_environment_defaults_are_predictor_settings(df):
     ours = {k: v for k, v in env.items() if k.startswith("YOLO_")}
     known = {option.env for option in OPTIONS}
     assert ours and set(ours) <= known, set(ours) - known
-    PredictorSettings.from_sources(None, environ=ours)  # the defaults parse and are in bounds
+    settings = PredictorSettings.from_sources(None, environ=ours)  # the defaults parse and are in bounds
+    # no weights and no port in the image's environment: the predictor picks /mnt/models or the baked
+    # checkpoint, and $PORT, itself (YOLO_WEIGHTS=/mnt/models made a plain `docker run` fail)
+    assert settings.weights == "" and "PORT" not in env
+
+
+def test_predictor_labels_name_both_licences(df):
+    """Code Apache-2.0, baked official weights GPL-3.0; the Makefile drops GPL-3.0 for WEIGHTS=none."""
+    args = dict(i.value.split("=", 1) for i in df.stage("predictor").all("ARG") if "=" in i.value)
+    assert json.loads(args["LICENSES"]) == "Apache-2.0 AND GPL-3.0"
+    labels = " ".join(i.value for i in df.stage("predictor").all("LABEL"))
+    assert 'org.opencontainers.image.licenses="${LICENSES}"' in labels  # make build: tests/deploy/test_make_build.py
+
+
+# ----- torch flavours: CUDA (default) and CPU-only ------------------------------------------------------
+@pytest.mark.parametrize(("flavour", "torch_stage"), [(None, "torch-cuda"), ("cpu", "torch-cpu")])
+def test_predictor_chain_takes_the_torch_flavour(df, flavour, torch_stage):
+    build_args = {"TORCH_FLAVOR": flavour} if flavour else None
+    names = [stage.name for stage in df.chain("predictor-build", build_args)]
+    assert names == ["base", torch_stage, "predictor-build"]
+
+
+def test_cpu_flavour_installs_cpu_wheels_and_refuses_cuda(df):
+    run = df.stage("torch-cpu").run_text()
+    args = dict(i.value.split("=", 1) for i in df.stage("torch-cpu").all("ARG"))
+    assert args["TORCH_CPU_INDEX"] == "https://download.pytorch.org/whl/cpu"
+    assert '--index-url "${TORCH_CPU_INDEX}"' in run
+    # the stage's own check, run against this environment's torch: it must refuse a CUDA build
+    check = re.search(r'python -c "(import importlib\.metadata.*?)"$', run, re.S)
+    assert check, run
+    import torch
+
+    has_cuda = torch.version.cuda is not None or any(
+        (d.metadata["Name"] or "").lower().startswith("nvidia-") for d in importlib.metadata.distributions())
+    proc = subprocess.run([sys.executable, "-c", check.group(1)], capture_output=True, text=True, timeout=120)
+    assert (proc.returncode != 0) == has_cuda, proc.stderr
+    if has_cuda:
+        assert "CUDA in the CPU image" in proc.stderr
 
 
 # ----- the build context and what each target installs ------------------------------------------------
@@ -216,7 +291,8 @@ def test_operator_target_installs_the_operator_and_settings_only(df, tmp_path):
     files = _wheel_files(context, tmp_path)
     assert "yolo_operator/__main__.py" in files and "predictor/settings.py" in files
     predictor_modules = sorted(f for f in files if f.startswith("predictor/"))
-    assert predictor_modules == ["predictor/__init__.py", "predictor/settings.py"], predictor_modules
+    assert predictor_modules == ["predictor/__init__.py", "predictor/settings.py", "predictor/yolov7/__init__.py",
+                                 "predictor/yolov7/names.py"], predictor_modules
     installs = df.stage("operator-build").run_text()
     assert '".[operator]"' in installs and "-c constraints.txt" in installs
     assert "torch" in installs  # the stage fails the build if torch slipped in (pip show torch)
@@ -225,16 +301,19 @@ def test_operator_target_installs_the_operator_and_settings_only(df, tmp_path):
 def test_predictor_target_installs_the_whole_predictor(df, tmp_path):
     context = _stage_context(df, "predictor-build", tmp_path / "ctx")
     files = _wheel_files(context, tmp_path)
-    for module in ("predictor/__main__.py", "predictor/settings.py", "predictor/service.py"):
+    for module in ("predictor/__main__.py", "predictor/settings.py", "predictor/model.py",
+                   "predictor/model_card.py"):
         if (ROOT / module).is_file():
             assert module in files, module
+    assert "predictor/MODEL_CARD.md" in files  # served at /model-card from the installed package
     assert not any(f.startswith("yolo_operator/") for f in files)
     installs = df.stage("predictor-build").run_text()
     assert '".[predictor]"' in installs and "-c constraints.txt" in installs
-    args = {i.value.split("=")[0]: i.value.split("=", 1)[1] for i in df.stage("predictor-build").all("ARG")}
     pins = dict(line.split("==") for line in (ROOT / "constraints.txt").read_text().splitlines()
                 if "==" in line and not line.startswith("#"))
-    assert args["TORCH_VERSION"] == pins["torch"] and args["TORCHVISION_VERSION"] == pins["torchvision"]
+    for torch_stage in ("torch-cuda", "torch-cpu"):
+        args = {i.value.split("=")[0]: i.value.split("=", 1)[1] for i in df.stage(torch_stage).all("ARG")}
+        assert args["TORCH_VERSION"] == pins["torch"] and args["TORCHVISION_VERSION"] == pins["torchvision"]
 
 
 def _requirement_closure(extra: str) -> set[str]:

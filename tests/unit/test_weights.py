@@ -265,3 +265,21 @@ def test_cli_module_exit_status_when_offline(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "cannot reach the weights release" in result.stderr
     assert "python -m weights.fetch yolov7 --from-file" in result.stderr
+
+
+# ----- file modes: an image or volume runs the predictor under another (arbitrary) UID -----------------
+@pytest.mark.parametrize("how", ["download", "from-file"])
+def test_installed_files_are_world_readable(tmp_path: Path, server: _Server, how: str) -> None:
+    source = tmp_path / "Downloads" / "yolov7-tiny.pt"
+    source.parent.mkdir()
+    source.write_bytes(PAYLOAD)
+    source.chmod(0o600)
+    dest = tmp_path / "weights"
+    extra = ("--url-base", server.url) if how == "download" else ("--from-file", str(source))
+    old = os.umask(0o077)  # even under a strict umask (the temporary file starts as mkstemp's 0600)
+    try:
+        code, _, err = _run("yolov7-tiny", "--dest", str(dest), *extra, "--manifest", str(_manifest(tmp_path)))
+    finally:
+        os.umask(old)
+    assert code == 0, err
+    assert (dest / "yolov7-tiny.pt").stat().st_mode & 0o777 == fetch.FILE_MODE == 0o644

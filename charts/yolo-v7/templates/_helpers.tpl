@@ -124,10 +124,11 @@ InferenceService goes with its YoloDetector through its ownerReference and the g
 - apiGroups: ["serving.kserve.io"]
   resources: ["inferenceservices/status"]
   verbs: ["get"]
-# kopf posts events about handler progress and errors.
+# kopf posts events about handler progress and errors; the operator reads KServe's Warning events about its
+# InferenceServices into the detector's Ready message.
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create", "patch"]
+  verbs: ["create", "patch", "list"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]

@@ -1,14 +1,18 @@
 """The KServe model: wiring only. ``load`` builds the pipeline; the three KServe steps call it.
 
-* ``preprocess``: parse the request (v1 dict, v2 REST or gRPC ``InferRequest``) with :mod:`predictor.codec`,
-  resolve the request's thresholds, decode + letterbox in the thread pool.
+* ``preprocess``: parse the request (v1 dict, v2 REST or gRPC ``InferRequest``) with :mod:`predictor.wire`,
+  resolve the request's thresholds (:mod:`predictor.params`), decode + letterbox in the thread pool.
 * ``predict``: the dynamic batcher (:mod:`predictor.batching`) runs the forward and NMS.
 * ``postprocess``: detections → v1 JSON or v2 tensors.
 
 Admission (``--max_queued_images``): ``preprocess`` takes one slot per image once the request is parsed,
-before any image is decoded; a request that does not fit gets :class:`~predictor.codec.Overloaded` (503,
+before any image is decoded; a request that does not fit gets :class:`~predictor.errors.Overloaded` (503,
 gRPC ``UNAVAILABLE``) at once. ``__call__`` (KServe's entry for every protocol) gives the slots back when
 the request ends — answered, failed or cancelled.
+
+Errors: a rejected request is counted (``yolo_request_errors_total{protocol, code}``) and logged in one
+line with its id by :func:`predictor.errors.log_rejection`; anything else that escapes ``preprocess`` is
+our bug, counted as ``code="internal"`` and left to KServe (500 / INTERNAL, with its traceback).
 """
 
 from __future__ import annotations
@@ -23,9 +27,10 @@ from typing import Any
 import kserve
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
-from predictor import codec
-from predictor.codec import DetectParams, Limits, Overloaded, RequestError
-from predictor.settings import PredictorSettings
+from predictor import images, wire
+from predictor.errors import Overloaded, RequestError, ServiceError, log_rejection, request_id
+from predictor.params import grpc_parameters, resolve_classes, resolve_params
+from predictor.settings import DetectParams, PredictorSettings
 
 __all__ = ["WEIGHT_SUFFIXES", "YoloV7Model", "resolve_weights"]
 
@@ -71,6 +76,7 @@ class _Job:
     protocol: str  # "v1", "v2" or "grpc"
     request: Any
     prepared: list[Any]
+    outputs: list[str]  # v2 output names to answer with
     detections: list[Any] | None = None
 
 
@@ -123,16 +129,16 @@ class YoloV7Model(kserve.Model):
         attach(detector, engine=s.engine, weights=weights, precision=s.precision, cache=s.engine_cache or None)
         self.names = list(detector.names)
         self.defaults = DetectParams(
-            conf=s.conf_threshold,
+            confidence=s.conf_threshold,
             iou=s.iou_threshold,
-            max_det=s.max_detections,
-            classes=codec.resolve_classes(list(s.classes), self.names, "--classes") if s.classes else None,
+            max_detections=s.max_detections,
+            classes=resolve_classes(list(s.classes), self.names, "--classes") if s.classes else None,
         )
         self.metrics = service_metrics()
         self.admission = Admission(s.max_queued_images, on_change=self.metrics.in_flight.set)
         self.pipeline = DetectionPipeline(
             detector,
-            limits=Limits(s.max_images_per_request, s.max_image_pixels, s.max_request_bytes),
+            limits=wire.Limits(s.max_images_per_request, s.max_image_pixels, s.max_request_bytes),
             max_batch_size=s.max_batch_size,
             max_batch_delay_s=s.max_batch_delay_ms / 1000.0,
             metrics=self.metrics,
@@ -155,7 +161,7 @@ class YoloV7Model(kserve.Model):
         return [{"name": "images", "datatype": "BYTES", "shape": [-1]}]
 
     def get_output_types(self) -> list[dict]:
-        return [{"name": name, "datatype": dtype, "shape": shape} for name, dtype, shape in codec.V2_OUTPUTS]
+        return [{"name": name, "datatype": dtype, "shape": shape} for name, dtype, shape in wire.V2_OUTPUTS]
 
     def describe(self) -> dict[str, Any]:
         """Extra model metadata (REST ``GET /v2/models/{name}`` → ``parameters``)."""
@@ -165,9 +171,9 @@ class YoloV7Model(kserve.Model):
             "accel": self.pipeline.detector.accel,
             "engine": self.pipeline.detector.engine,
             "class_names": list(self.names),
-            "confidence": defaults.conf,
+            "confidence": defaults.confidence,
             "iou": defaults.iou,
-            "max_detections": defaults.max_det,
+            "max_detections": defaults.max_detections,
             "classes": None if defaults.classes is None else list(defaults.classes),
             "max_batch_size": self.settings.max_batch_size,
             "max_images_per_request": self.settings.max_images_per_request,
@@ -175,7 +181,9 @@ class YoloV7Model(kserve.Model):
             "max_image_pixels": self.settings.max_image_pixels,
             "max_request_bytes": self.settings.max_request_bytes,
             "input_datatypes": ["BYTES", "UINT8"],
-            "image_formats": ["JPEG", "PNG", "BMP", "WebP"],
+            "image_formats": list(images.FORMAT_NAMES),
+            "min_image_side": images.MIN_IMAGE_SIDE,
+            "max_aspect_ratio": images.MAX_ASPECT_RATIO,
         }
 
     # ----- admission ---------------------------------------------------------------------------------
@@ -224,18 +232,26 @@ class YoloV7Model(kserve.Model):
         self.metrics.requests.labels(protocol).inc()
         try:
             if protocol == "v1":
-                sources, raw_params = codec.parse_v1(payload, limits)
+                sources, raw_params = wire.parse_v1(payload, limits)
+                outputs: list[str] = []
             else:
-                sources = codec.parse_v2(payload, limits)
-                raw_params = codec.grpc_parameters(payload.parameters)
-            params = codec.resolve_params(raw_params, self.defaults, self.names)
+                sources = wire.parse_v2(payload, limits)
+                raw_params = grpc_parameters(payload.parameters)
+                outputs = wire.requested_outputs(payload)
+            params = resolve_params(raw_params, self.defaults, self.names)
             self._admit(len(sources), protocol)  # before decoding: decoded images are what takes memory
             prepared = await self.pipeline.prepare(sources, params)
-        except RequestError as error:
-            self.metrics.errors.labels(protocol, error.code).inc()
+        except ServiceError as error:
+            if not isinstance(error, Overloaded):  # _admit counted it
+                self.metrics.errors.labels(protocol, error.code).inc()
+            given = payload.id if isinstance(payload, InferRequest) else None
+            log_rejection(error, protocol, request_id(headers, given))
+            raise
+        except Exception:
+            self.metrics.errors.labels(protocol, "internal").inc()
             raise
         self.metrics.images.inc(len(prepared))
-        return _Job(protocol=protocol, request=payload, prepared=prepared)
+        return _Job(protocol=protocol, request=payload, prepared=prepared, outputs=outputs)
 
     async def predict(
         self, job: _Job, headers: dict[str, str] | None = None, response_headers: dict[str, str] | None = None
@@ -250,11 +266,13 @@ class YoloV7Model(kserve.Model):
             response_headers["Server-Timing"] = self.pipeline.server_timing(job.prepared)
         sizes = [item.size for item in job.prepared]
         if job.protocol == "v1":
-            return codec.v1_response(job.detections, sizes, self.names)
+            return wire.v1_response(job.detections, sizes, self.names)
         request: InferRequest = job.request
-        arrays = codec.v2_output_arrays(job.detections, sizes, self.names)
+        arrays = wire.v2_output_arrays(job.detections, sizes, self.names)
         outputs = []
-        for name, datatype, _ in codec.V2_OUTPUTS:
+        for name, datatype, _ in wire.V2_OUTPUTS:
+            if name not in job.outputs:
+                continue
             array = arrays[name]
             output = InferOutput(name=name, shape=list(array.shape), datatype=datatype)
             if request.from_grpc:  # typed contents, or raw_output_contents when the inputs came raw

@@ -3,62 +3,45 @@
 KServe's ``RESTServer`` registers its own routes on that module-level app when it starts; routes added
 here come first and therefore win for the same path. What is added, and why:
 
-* a request-body limit (``--max_request_bytes``) → HTTP 413 with a JSON ``{"error": ...}``;
-* too many images in flight (``--max_queued_images``, :class:`~predictor.codec.Overloaded`) → HTTP 503 with
-  ``Retry-After: 1``, and no error log with a traceback per refused request (KServe's REST handler and gRPC
-  interceptor would write one; ``yolo_request_errors_total{code="overloaded"}`` counts them instead);
+* a request-body limit (``--max_request_bytes``) → HTTP 413, and ``Content-Encoding: gzip`` request
+  bodies decoded under the same limit (any other encoding → 415);
+* the error handlers of :mod:`predictor.errors` (``{"error": ...}`` bodies, one log line per rejection);
 * ``POST /v2/models/{name}/infer``: KServe's endpoint (same data plane, same steps), except that the
   binary tensor extension keeps ``BYTES`` elements as bytes (KServe 0.21 turns them into UTF-8 strings,
   which fails for images) and the JSON answer leaves out ``null`` fields (``"model_version": null`` breaks
   the protocol's schema) and is serialised by orjson;
 * ``GET /v2/models/{name}``: KServe's metadata plus ``parameters`` (variant, class names, defaults);
+* ``GET /model-card``: MODEL_CARD.md (:mod:`predictor.model_card`), linked from the model metadata;
 * the demo page (``--demo``), from ``predictor.demo``.
 """
 
 from __future__ import annotations
 
-import logging
-from http import HTTPStatus
 from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request, Response
-from fastapi.responses import JSONResponse
 from kserve.constants.constants import INFERENCE_CONTENT_LENGTH_HEADER
 from kserve.errors import ModelNotReady
-from kserve.logging import logger as kserve_logger
 from kserve.protocol.infer_type import InferRequest
 from kserve.protocol.rest.v2_datamodels import InferenceRequest
 from pydantic import ValidationError
 
-from predictor.codec import Overloaded, PayloadTooLarge, RequestError, infer_request_from_binary
+from predictor import model_card
+from predictor.errors import (
+    PayloadTooLarge,
+    RequestError,
+    ServiceError,
+    UnsupportedMedia,
+    error_response,
+    install_handlers,
+)
+from predictor.wire import gunzip, infer_request_from_binary
 
-__all__ = ["BodyLimitMiddleware", "install", "overloaded_handler"]
+__all__ = ["BodyLimitMiddleware", "install"]
 
-
-def _too_large(limit: int, size: int | None = None) -> JSONResponse:
-    got = f"{size} bytes" if size is not None else "more"
-    return JSONResponse(
-        status_code=HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-        content={"error": f"request body is {got}, over the limit of {limit} bytes (--max_request_bytes)"},
-    )
-
-
-async def payload_too_large_handler(_: Request, exc: PayloadTooLarge) -> JSONResponse:
-    return JSONResponse(status_code=HTTPStatus.REQUEST_ENTITY_TOO_LARGE, content={"error": str(exc)})
-
-
-async def overloaded_handler(_: Request, exc: Overloaded) -> JSONResponse:
-    return JSONResponse(status_code=HTTPStatus.SERVICE_UNAVAILABLE, content={"error": str(exc)},
-                        headers={"Retry-After": "1"})
-
-
-class _DropOverloaded(logging.Filter):
-    """Leave out KServe's error records about refused requests: an overloaded server should not spend
-    its time formatting a traceback per refusal."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.exc_info and isinstance(record.exc_info[1], Overloaded))
+_IDENTITY = (b"", b"identity")
+_GZIP = (b"gzip", b"x-gzip")
 
 
 class BodyLimitMiddleware:
@@ -73,31 +56,43 @@ class BodyLimitMiddleware:
         self.max_bytes = max_bytes
         self.on_reject = on_reject
 
+    async def _refuse(self, error: ServiceError, scope: dict, receive: Any, send: Any) -> None:
+        more = True  # read (and drop) the rest of the body first: clients that send it all see the answer
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            more = message.get("more_body", False)
+        if self.on_reject is not None:
+            self.on_reject(scope, error.code)
+        headers = {key.decode("latin-1"): value.decode("latin-1") for key, value in scope.get("headers", ())}
+        await error_response(error, path=scope.get("path", ""), headers=headers)(scope, receive, send)
+
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        length = None
+        length, encoding = None, b""
         for key, value in scope.get("headers", ()):
             if key == b"content-length":
                 try:
                     length = int(value)
                 except ValueError:
                     length = None
-                break
-        if length is not None and length > self.max_bytes:
-            more = True
-            while more:
-                message = await receive()
-                if message["type"] != "http.request":
-                    break
-                more = message.get("more_body", False)
-            if self.on_reject is not None:
-                self.on_reject(scope)
-            await _too_large(self.max_bytes, length)(scope, receive, send)
+            elif key == b"content-encoding":
+                encoding = value.strip().lower()
+        limit = self.max_bytes
+        if length is not None and length > limit:
+            got = f"{length} bytes"
+            await self._refuse(PayloadTooLarge(f"request body is {got}, over the limit of {limit} bytes "
+                                               "(--max_request_bytes)"), scope, receive, send)
+            return
+        if encoding not in _IDENTITY and encoding not in _GZIP:
+            await self._refuse(UnsupportedMedia(
+                f"Content-Encoding {encoding.decode('latin-1')[:40]!r} is not supported; send gzip or identity"),
+                scope, receive, send)
             return
         received = 0
-        limit = self.max_bytes
 
         async def limited_receive() -> dict:
             nonlocal received
@@ -106,13 +101,52 @@ class BodyLimitMiddleware:
                 received += len(message.get("body", b""))
                 if received > limit:
                     if self.on_reject is not None:
-                        self.on_reject(scope)
+                        self.on_reject(scope, "payload_too_large")
                     raise PayloadTooLarge(
                         f"request body is over the limit of {limit} bytes (--max_request_bytes)"
                     )
             return message
 
+        if encoding in _GZIP:
+            await self._gzip(scope, receive, send)
+            return
         await self.app(scope, limited_receive, send)
+
+    async def _gzip(self, scope: dict, receive: Any, send: Any) -> None:
+        """Read the whole (compressed, limited) body, decode it under the limit, pass it on decoded."""
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            more = message.get("more_body", False)
+            if size > self.max_bytes:
+                await self._refuse(PayloadTooLarge(f"request body is over the limit of {self.max_bytes} bytes "
+                                                   "(--max_request_bytes)"), scope, receive, send)
+                return
+        try:
+            body = gunzip(b"".join(chunks), self.max_bytes)
+        except ServiceError as error:
+            await self._refuse(error, scope, _no_more_body, send)
+            return
+        headers = [(k, v) for k, v in scope.get("headers", ()) if k not in (b"content-encoding", b"content-length")]
+        headers.append((b"content-length", str(len(body)).encode()))
+        sent = False
+
+        async def decoded_receive() -> dict:
+            nonlocal sent
+            if sent:
+                return await receive()  # http.disconnect, when it comes
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app({**scope, "headers": headers}, decoded_receive, send)
+
+
+async def _no_more_body() -> dict:
+    return {"type": "http.request", "body": b"", "more_body": False}
 
 
 def _drop_none(value: Any) -> Any:
@@ -127,17 +161,15 @@ def install(app: FastAPI, server: Any, *, model: Any, max_request_bytes: int, de
     """Add the middleware, handlers and routes above to ``app`` (before ``server.start``)."""
     metrics = getattr(model, "metrics", None)
 
-    def on_reject(scope: dict) -> None:
+    def on_reject(scope: dict, code: str) -> None:
         if metrics is not None:
             path = scope.get("path", "")
             protocol = "v1" if path.startswith("/v1/") else "v2"
-            metrics.errors.labels(protocol, "payload_too_large").inc()
+            metrics.errors.labels(protocol, code).inc()
 
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_request_bytes, on_reject=on_reject)
-    app.add_exception_handler(PayloadTooLarge, payload_too_large_handler)
-    app.add_exception_handler(Overloaded, overloaded_handler)
-    if not any(isinstance(f, _DropOverloaded) for f in kserve_logger.filters):
-        kserve_logger.addFilter(_DropOverloaded())
+    settings = getattr(model, "settings", None)
+    install_handlers(app, request_logs=bool(getattr(settings, "request_logs", False)))
 
     dataplane = server.dataplane
 
@@ -183,13 +215,14 @@ def install(app: FastAPI, server: Any, *, model: Any, max_request_bytes: int, de
         registered = server.dataplane.get_model_from_registry(model_name)
         if getattr(registered, "ready", False) and hasattr(registered, "describe"):
             metadata["platform"] = "pytorch"
-            metadata["parameters"] = registered.describe()
+            metadata["parameters"] = {**registered.describe(), "model_card": model_card.MODEL_CARD_ROUTE}
         return metadata
 
     app.router.add_api_route("/v2/models/{model_name}/infer", infer, methods=["POST"], response_model=None,
                              tags=["V2"])
     app.router.add_api_route("/v2/models/{model_name}", model_metadata, methods=["GET"], response_model=None,
                              tags=["V2"])
+    model_card.mount(app)
     if demo:
         from predictor.demo import mount
 
