@@ -124,8 +124,8 @@ def bf16_agreement(variants: list[str], cache: Path) -> dict[str, Any]:
     import torch
     import torchvision
 
-    from predictor import ops
     from predictor.runtimes.openvino import cpu_supports_bf16
+    from tests.tools.nms import per_image_nms
 
     if "openvino" not in EXPORTED or not cpu_supports_bf16():
         return {"skipped": "openvino or a bf16 CPU is missing"}
@@ -137,8 +137,8 @@ def bf16_agreement(variants: list[str], cache: Path) -> dict[str, Any]:
         fp32, bf16 = _detector(variant, cache, "openvino"), _detector(variant, cache, "openvino", "bf16")
         found = total = 0
         for i in range(len(x)):
-            (a,) = ops.non_max_suppression(fp32.forward(x[i : i + 1]), 0.25, 0.45)
-            (b,) = ops.non_max_suppression(bf16.forward(x[i : i + 1]), 0.25, 0.45)
+            (a,) = per_image_nms(fp32.forward(x[i : i + 1]), 0.25, 0.45)
+            (b,) = per_image_nms(bf16.forward(x[i : i + 1]), 0.25, 0.45)
             total += a.shape[0]
             if a.shape[0] and b.shape[0]:
                 iou = torchvision.ops.box_iou(a[:, :4], b[:, :4])

@@ -60,7 +60,7 @@ def test_every_protocol_answers_like_the_torch_detector(engine_server, detector,
         for i, data in enumerate((bus, zidane)):
             n = int(out["num_detections"][i])
             _assert_same(out["detection_boxes"][i, :n], out["detection_scores"][i, :n],
-                         out["detection_classes"][i, :n], direct(detector, decode(data), conf=0.2),
+                         out["detection_classes"][i, :n], direct(detector, decode(data), confidence=0.2),
                          f"{engine} v2 image {i}")
         # v1 REST, the server's default threshold
         response = http.post(server.predict_url, json={"instances": [b64(zidane)]})
@@ -84,7 +84,7 @@ def test_every_protocol_answers_like_the_torch_detector(engine_server, detector,
     boxes = np.frombuffer(raw["detection_boxes"], np.float32).reshape(1, -1, 4)[0, :n]
     scores = np.frombuffer(raw["detection_scores"], np.float32).reshape(1, -1)[0, :n]
     classes = np.frombuffer(raw["detection_classes"], np.int32).reshape(1, -1)[0, :n]
-    _assert_same(boxes, scores, classes, direct(detector, decode(bus), conf=0.1, max_det=50), f"{engine} gRPC")
+    _assert_same(boxes, scores, classes, direct(detector, decode(bus), confidence=0.1, max_detections=50), f"{engine} gRPC")
 
 
 async def test_concurrent_requests_batch_and_keep_their_thresholds(engine_server, detector, images):
@@ -103,7 +103,7 @@ async def test_concurrent_requests_batch_and_keep_their_thresholds(engine_server
         out = v2_outputs(answer.json())
         n = int(out["num_detections"][0])
         _assert_same(out["detection_boxes"][0, :n], out["detection_scores"][0, :n], out["detection_classes"][0, :n],
-                     direct(detector, decode(data), conf=conf), f"{engine} client {index}")
+                     direct(detector, decode(data), confidence=conf), f"{engine} client {index}")
     with httpx.Client(timeout=60) as sync:
         after = scrape(sync, server)
     assert after["yolo_batch_size_sum"] - before["yolo_batch_size_sum"] == len(pictures)

@@ -2,7 +2,7 @@
 ``auto``'s choice and its cache, and the combinations refused.
 
 Parity: our yolov7-tiny network exported once per session (fixture) and run by each engine on the six
-golden letterboxed images; NMS as served (:func:`predictor.ops.non_max_suppression`) must find the
+golden letterboxed images; NMS as served (:func:`predictor.ops.non_max_suppression`, per image) must find the
 official detections (tests/unit/test_nms_parity.py's matching). Tolerances per precision:
 
 * fp32 (torch, onnxruntime, openvino): box coordinates within 0.1 px of the official fp32 run (as for
@@ -23,10 +23,11 @@ import numpy as np
 import pytest
 import torch
 
-from predictor import ops
 from predictor.engine import Detector
 from predictor.runtimes import export, select
 from predictor.runtimes.select import attach, build_runtime, parity, probe_batch
+from predictor.settings import DetectParams
+from tests.tools.nms import per_image_nms
 from tests.unit.test_nms_parity import IMAGES, SETTINGS, assert_parity, golden_key, load_golden
 
 VARIANT = "yolov7-tiny"
@@ -60,7 +61,7 @@ def test_engine_parity_with_golden_detections(tiny: dict, engine: str):
     for i, name in enumerate(IMAGES):
         assert pred[i, :, 4].max().item() == pytest.approx(golden[f"{name}.raw_stats"][2], abs=1e-3)
         for conf, iou in SETTINGS:
-            (ours,) = ops.non_max_suppression(pred[i : i + 1], conf, iou)
+            (ours,) = per_image_nms(pred[i : i + 1], conf, iou)
             gold = torch.from_numpy(golden[golden_key(name, conf, iou)])
             assert_parity(ours, gold, f"{engine}/{name}@{conf},{iou}", box_tol=0.1)
 
@@ -89,8 +90,8 @@ def test_detector_hook_serves_the_runtime(tiny: dict, yolo_fixtures: Path):
         return torch.from_numpy(np.concatenate([det.boxes, det.scores[:, None], det.classes[:, None]], 1))
 
     for conf in (0.3, 0.5):  # per-call thresholds reach NMS the same way
-        reference = rows(tiny["detector"].detect([rgb], conf=conf)[0])
-        served = rows(other.detect([rgb], conf=conf)[0])
+        reference = rows(tiny["detector"].detect([rgb], DetectParams(confidence=conf))[0])
+        served = rows(other.detect([rgb], DetectParams(confidence=conf))[0])
         assert reference.shape[0] > 0
         assert_parity(served, reference, f"{EXPORTED[0]} detect @{conf}", box_tol=0.1)
 
