@@ -113,6 +113,7 @@ class YoloV7Model(kserve.Model):
         from predictor.engine import Detector
         from predictor.metrics import service_metrics
         from predictor.pipeline import DetectionPipeline
+        from predictor.runtimes import attach
 
         s = self.settings
         weights = resolve_weights(s.weights)
@@ -121,10 +122,11 @@ class YoloV7Model(kserve.Model):
             weights,
             variant=s.variant or None,
             device=s.device,
-            precision=s.precision,
+            precision="fp32" if s.precision == "bf16" else s.precision,  # bf16: the CPU engine's only
             input_size=s.input_size or None,
             accel=s.accel,
         )
+        attach(detector, engine=s.engine, weights=weights, precision=s.precision, cache=s.engine_cache or None)
         self.names = list(detector.names)
         self.defaults = DetectParams(
             confidence=s.conf_threshold,
@@ -144,9 +146,10 @@ class YoloV7Model(kserve.Model):
         if s.warmup:
             detector.warmup(warmup_batch_sizes(detector.accel, detector.device.type, s.max_batch_size))
         log.info(
-            "model %r ready: weights %s, variant %s, device %s, precision %s, input size %d, %d classes, "
-            "accel %s, max batch %d, max delay %.1f ms (loaded in %.1f s)",
-            self.name, weights, detector.variant, detector.device, detector.precision, detector.input_size,
+            "model %r ready: weights %s, variant %s, device %s, engine %s, precision %s, input size %d, "
+            "%d classes, accel %s, max batch %d, max delay %.1f ms (loaded in %.1f s)",
+            self.name, weights, detector.variant, detector.device, detector.engine, detector.precision,
+            detector.input_size,
             detector.num_classes, detector.accel, s.max_batch_size, s.max_batch_delay_ms,
             time.perf_counter() - start,
         )
@@ -166,6 +169,7 @@ class YoloV7Model(kserve.Model):
         return {
             **self.pipeline.summary(),
             "accel": self.pipeline.detector.accel,
+            "engine": self.pipeline.detector.engine,
             "class_names": list(self.names),
             "confidence": defaults.confidence,
             "iou": defaults.iou,
