@@ -193,21 +193,23 @@ def scale_boxes(boxes: np.ndarray, geometries: Sequence[LetterboxGeometry], imag
     return out
 
 
-def _nms_indices(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
+def _nms_indices(boxes: np.ndarray, scores: np.ndarray, iou: float, limit: int) -> np.ndarray:
     """Greedy NMS (torchvision's rule: a box overlapping a kept, higher-scored one by IoU > ``iou`` is
-    dropped) on float64 xyxy ``boxes [K, 4]``; the kept indices by descending score."""
+    dropped) on float64 xyxy ``boxes [K, 4]``; the first ``limit`` kept indices by descending score
+    (greedy NMS keeps in score order, so stopping there changes nothing before it)."""
     order = np.argsort(-scores, kind="stable")
     x1, y1, x2, y2 = (boxes[:, i] for i in range(4))
     areas = (x2 - x1) * (y2 - y1)
     kept = []
-    while order.size:
+    while order.size and len(kept) < limit:
         i = order[0]
         kept.append(i)
         rest = order[1:]
         w = np.clip(np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]), 0, None)
         h = np.clip(np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]), 0, None)
         inter = w * h
-        overlap = inter / (areas[i] + areas[rest] - inter)
+        with np.errstate(invalid="ignore", divide="ignore"):  # 0/0 for empty boxes: NaN, not > iou, kept
+            overlap = inter / (areas[i] + areas[rest] - inter)
         order = rest[~(overlap > iou)]
     return np.asarray(kept, dtype=np.int64)
 
@@ -257,7 +259,7 @@ def non_max_suppression(
         if not params.agnostic and len(boxes):
             low, high = float(shifted.min()), float(shifted.max())
             shifted += (cls.astype(np.float64) * (high - low + 1.0))[:, None]
-        kept = _nms_indices(shifted, score.astype(np.float64), params.iou)[: params.max_detections]
+        kept = _nms_indices(shifted, score.astype(np.float64), params.iou, params.max_detections)
         det = np.concatenate((boxes[kept], score[kept, None], cls[kept, None].astype(np.float32)), axis=1)
         dets.append(det.astype(np.float32))
         images.append(np.full(len(kept), index, dtype=np.int64))

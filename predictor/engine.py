@@ -335,7 +335,7 @@ class Detector:
             raise ValueError(f"{raw.shape[0]} outputs but {len(geometries)} letterbox geometries")
         det, image = ops.non_max_suppression(raw, params)
         host = torch.cat((det, image[:, None].to(det.dtype)), dim=1).cpu().numpy()  # one device → host copy
-        return split_detections(host[:, :6], geometries, host[:, 6].astype(np.int64))
+        return split_detections(host[:, :6], host[:, 6].astype(np.int64), geometries)
 
     def detect(self, images: Sequence[np.ndarray], params: DetectParams = DetectParams()) -> list[Detections]:
         """:meth:`preprocess` → :meth:`forward` → :meth:`postprocess` with ``params``."""
