@@ -181,6 +181,10 @@ def test_auto_falls_back_to_torch_when_the_export_fails(tiny: dict, monkeypatch,
         raise RuntimeError("Module onnx is not installed!")
 
     monkeypatch.setattr(export, "export_onnx", broken)
+    # no other run's export of the shared fixture may be found ($TMPDIR, ~/.cache are looked in too)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setattr(export.tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
     detector = Detector.from_weights(tiny["weights"], device="cpu")
     assert attach(detector, engine="auto", weights=tiny["weights"], cache=tmp_path) == "torch"
     assert detector.runtime is None and detector.engine == "torch"
