@@ -105,13 +105,17 @@ def test_torch_scale_boxes_is_the_numpy_one():
 
 # ------------------------------------------------------------------ the torch-free detector
 @pytest.fixture(scope="module")
-def exported(yolo_fixtures: Path, tmp_path_factory) -> dict:
+def exported(yolo_fixtures: Path, tmp_path_factory):
     weights = yolo_fixtures / "yolov7-tiny-random.pt"
     cache = tmp_path_factory.mktemp("engines")
-    detector = Detector.from_weights(weights, device="cpu")
-    onnx_path = export.find_or_export(detector.model, weights, detector.input_size, cache=cache)
-    export.write_metadata(onnx_path, detector)
-    return {"weights": weights, "cache": cache, "detector": detector, "onnx": onnx_path}
+    with pytest.MonkeyPatch.context() as patch:  # only this cache (not another run's in $TMPDIR, ~/.cache)
+        isolated = tmp_path_factory.mktemp("isolated")
+        patch.setenv("XDG_CACHE_HOME", str(isolated))
+        patch.setattr(export.tempfile, "tempdir", str(isolated))
+        detector = Detector.from_weights(weights, device="cpu")
+        onnx_path = export.find_or_export(detector.model, weights, detector.input_size, cache=cache)
+        export.write_metadata(onnx_path, detector)
+        yield {"weights": weights, "cache": cache, "detector": detector, "onnx": onnx_path}
 
 
 def test_export_metadata_is_what_a_torch_free_server_needs(exported: dict):
