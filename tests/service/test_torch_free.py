@@ -97,3 +97,26 @@ def test_without_torch_and_without_an_export_it_refuses_with_the_reason(tiny_wei
     )
     assert done.returncode != 0
     assert "no exported model" in done.stderr and "predictor.runtimes.export" in done.stderr, done.stderr[-2000:]
+
+
+def test_the_cpu_image_runtime_serves_with_no_torch_installed(tiny_weights, detector, images, tmp_path):
+    """The CPU image's runtime stage reproduced: a venv with only the predictor-cpu extra (built once,
+    cached in ~/.cache/yolo-v7/torchfree-venv), the entry command with the image's defaults (engine auto,
+    device auto) and a build-time export: it serves on ONNX Runtime, no torch library is mapped, and its
+    answer for bus.jpg is the torch Detector's (at 640, the image's native size)."""
+    from tests.bench import torchfree_bench as bench
+
+    try:
+        python = bench.ensure_venv()
+    except (RuntimeError, OSError, subprocess.CalledProcessError) as error:
+        pytest.skip(f"the torch-free venv cannot be built here (pip offline?): {error}")
+    assert subprocess.run([str(python), "-c", "import torch"], capture_output=True).returncode != 0
+    weights = bench.export_model(tiny_weights, tmp_path / "weights")
+    served = bench.cold_start(python, weights, images["bus"])
+    assert served["engine"] == "onnxruntime" and served["torch_loaded"] is False, served
+    from predictor.engine import Detector
+    from predictor.settings import DetectParams
+
+    native = Detector.from_weights(tiny_weights, device="cpu")
+    [expected] = native.detect([decode(images["bus"])], DetectParams())  # the server's defaults
+    assert served["detections"] == len(expected) > 0, served
