@@ -26,7 +26,7 @@ import numpy as np
 
 from predictor.settings import DetectParams
 
-__all__ = ["PAD_COLOR", "Detections", "LetterboxGeometry", "letterbox", "letterbox_geometry",
+__all__ = ["PAD_COLOR", "Detections", "LetterboxGeometry", "letterbox", "letterbox_geometry", "letterbox_rgb",
            "non_max_suppression", "scale_boxes", "split_detections"]
 
 
@@ -118,6 +118,16 @@ def letterbox_geometry(
     left, right = int(round(dw - 0.1)), int(round(dw + 0.1))
     canvas = (new_h + top + bottom, new_w + left + right)
     return LetterboxGeometry((h, w), (new_h, new_w), (r, r), (dw, dh), (top, bottom, left, right), canvas)
+
+
+def letterbox_rgb(image: np.ndarray, size: int, where: str = "image") -> tuple[np.ndarray, LetterboxGeometry]:
+    """A decoded RGB ``uint8 [H, W, 3]`` image, checked (``ValueError`` naming ``where``), letterboxed to the
+    square network input ``size``: the detectors' pre-processing of one image."""
+    if not isinstance(image, np.ndarray):
+        raise ValueError(f"{where} is a {type(image).__name__}, expected a numpy array")
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or 0 in image.shape:
+        raise ValueError(f"{where} must be an HxWx3 uint8 RGB array, got {image.dtype} {image.shape}")
+    return letterbox(image, size)
 
 
 def letterbox(

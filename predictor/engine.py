@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from predictor import ops
-from predictor.boxes import Detections, LetterboxGeometry, split_detections
+from predictor.boxes import Detections, LetterboxGeometry, letterbox_rgb, split_detections
 from predictor.settings import ACCELERATIONS, GPU_ACCELERATIONS, PRECISIONS, DetectParams
 
 __all__ = ["DetectParams", "Detections", "Detector", "LetterboxGeometry", "resolve_device", "resolve_precision"]
@@ -236,11 +236,7 @@ class Detector:
     def letterbox(self, image: np.ndarray, where: str = "image") -> tuple[np.ndarray, LetterboxGeometry]:
         """One RGB ``uint8 [H, W, 3]`` image → its letterboxed ``uint8 [S, S, 3]`` pixels and the geometry
         applied (kept to map the boxes back). ``where`` names the image in the error message."""
-        if not isinstance(image, np.ndarray):
-            raise ValueError(f"{where} is a {type(image).__name__}, expected a numpy array")
-        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or 0 in image.shape:
-            raise ValueError(f"{where} must be an HxWx3 uint8 RGB array, got {image.dtype} {image.shape}")
-        return ops.letterbox(image, self.input_size)
+        return letterbox_rgb(image, self.input_size, where)
 
     def stack(self, letterboxed: Sequence[np.ndarray]) -> torch.Tensor:
         """Letterboxed ``uint8 [S, S, 3]`` images (from :meth:`letterbox`) → the network input.

@@ -138,22 +138,9 @@ def clip_boxes(boxes: torch.Tensor, shape: Sequence[int] | torch.Tensor) -> torc
 def scale_boxes(
     boxes: torch.Tensor, geometries: Sequence[LetterboxGeometry], image: torch.Tensor
 ) -> torch.Tensor:
-    """Map xyxy boxes from letterboxed inputs back to their original images, clipped.
-
-    Each row is mapped with the geometry its image's letterbox *applied*: ``x0 = (x − pad_w) / ratio_w``,
-    ``y0 = (y − pad_h) / ratio_h`` — the official evaluation's mapping (``test.py`` passes the letterbox's
-    ``ratio_pad``), not ``detect.py``'s, which recomputes the pad from the gain as
-    ``(S − w0·gain) / 2`` (107.14 instead of the 107 rows applied to a 451×300 image: every box 0.098 px
-    off). In the boxes' dtype, as the official arithmetic on a float32 tensor.
-
-    Args:
-        boxes: ``[K, 4]`` xyxy in letterboxed pixels (not modified).
-        geometries: one :class:`LetterboxGeometry` per image of the batch.
-        image: int64 ``[K]``, the image (index into ``geometries``) of each row.
-
-    Returns:
-        ``[K, 4]`` xyxy in original pixels, each row clipped to its image; a new tensor.
-    """
+    """:func:`predictor.boxes.scale_boxes` for tensors: ``boxes [K, 4]`` xyxy letterboxed, ``image`` int64
+    ``[K]`` (each row's index into ``geometries``) → a new ``[K, 4]`` tensor of original-image xyxy, clipped,
+    on ``boxes``' device (computed on the host by the one implementation)."""
     host = boxes[:, :4].detach().cpu().numpy()
     out = _np_boxes.scale_boxes(host, geometries, image.to(torch.long).cpu().numpy())  # one implementation
     return torch.from_numpy(out).to(boxes.device)

@@ -98,11 +98,7 @@ class ExportedDetector:
     # ------------------------------------------------------------------ stages
     def letterbox(self, image: np.ndarray, where: str = "image") -> tuple[np.ndarray, LetterboxGeometry]:
         """As :meth:`predictor.engine.Detector.letterbox`: RGB ``uint8 [H, W, 3]`` → ``[S, S, 3]`` + geometry."""
-        if not isinstance(image, np.ndarray):
-            raise ValueError(f"{where} is a {type(image).__name__}, expected a numpy array")
-        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or 0 in image.shape:
-            raise ValueError(f"{where} must be an HxWx3 uint8 RGB array, got {image.dtype} {image.shape}")
-        return boxes.letterbox(image, self.input_size)
+        return boxes.letterbox_rgb(image, self.input_size, where)
 
     def stack(self, letterboxed: Sequence[np.ndarray]) -> np.ndarray:
         """Letterboxed ``uint8 [S, S, 3]`` images → float32 ``[N, 3, S, S]`` in [0, 1], C-contiguous."""
