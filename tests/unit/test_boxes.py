@@ -146,3 +146,28 @@ def test_exported_detector_detects_like_the_torch_detector(exported: dict, yolo_
             continue
         assert_parity(pack[0], pack[1], f"{engine}/{name} vs torch", box_tol=0.5)
         assert got.boxes.dtype == np.float32 and got.classes.dtype == np.int64
+
+
+@pytest.mark.skipif(not ENGINES, reason="no exported-model engine (onnxruntime, openvino) installed")
+def test_the_server_takes_the_torch_free_path_only_where_it_applies(exported: dict, monkeypatch):
+    from types import SimpleNamespace
+
+    from predictor.runtimes import detector as chooser
+
+    def settings(**kw):
+        return SimpleNamespace(**{"device": "cpu", "engine": ENGINES[0], "precision": "auto", "input_size": 0,
+                                  "engine_cache": str(exported["cache"]), **kw})
+
+    by_file = chooser.torch_free_detector(settings(), exported["onnx"])  # --weights model.onnx
+    assert isinstance(by_file, ExportedDetector) and by_file.engine == ENGINES[0]
+    by_checkpoint = chooser.torch_free_detector(settings(device="auto"), exported["weights"])  # export found
+    assert isinstance(by_checkpoint, ExportedDetector) and by_checkpoint.input_size == 640
+    assert chooser.torch_free_detector(settings(engine="torch"), exported["weights"]) is None
+    assert chooser.torch_free_detector(settings(engine="auto"), exported["weights"]) is None  # torch installed
+    assert chooser.torch_free_detector(settings(device="cuda"), exported["weights"]) is None
+    assert chooser.torch_free_detector(settings(input_size=320), exported["weights"]) is None  # torch exports it
+    monkeypatch.setattr(chooser, "_installed", lambda name: name != "torch" and name in ENGINES)
+    assert isinstance(chooser.torch_free_detector(settings(engine="auto", device="auto"), exported["weights"]),
+                      ExportedDetector)  # no torch: auto = an installed CPU engine
+    with pytest.raises(ValueError, match="no exported model"):
+        chooser.torch_free_detector(settings(input_size=320), exported["weights"])
