@@ -9,7 +9,9 @@
 #
 # predictor  the KServe model server (python -m predictor). TORCH_FLAVOR=cuda (default): torch 2.14.1 from PyPI
 #            with the CUDA 13 runtime as nvidia-* wheels (~3 GB; GPU nodes need only an NVIDIA driver >= 580).
-#            TORCH_FLAVOR=cpu: torch from the PyTorch CPU index, no CUDA libraries (Cloud Run, Fargate).
+#            TORCH_FLAVOR=cpu: no torch at run time (Cloud Run, Fargate, laptops): the baked checkpoints are
+#            exported to ONNX at build time by our own network (CPU torch wheel, build stage only) and served
+#            with ONNX Runtime, letterbox and NMS in OpenCV/numpy (.[predictor-cpu]; docs/cpu.md).
 #            Official weights optionally baked in at /opt/yolo-v7/weights/<variant>.pt (WEIGHTS=none: none).
 #            With no arguments it serves KServe's /mnt/models when mounted, else the baked checkpoint, REST on
 #            $PORT (default 8080) and gRPC on 8081: see deploy/ for Cloud Run, Fargate, OpenShift Serverless.
@@ -113,6 +115,50 @@ RUN mkdir -p /out \
  && ls -l /out
 
 # ---------------------------------------------------------------------------------------------------
+# engines-cpu: the baked checkpoints exported to ONNX by our own network (torch CPU wheel, this stage only),
+# with the metadata a torch-free server needs (.yolo-v7-engines/ beside the weights: predictor.runtimes.export)
+# engines-cuda: nothing (the CUDA image serves with torch)
+# ---------------------------------------------------------------------------------------------------
+FROM predictor-build AS engines-cpu
+
+COPY --from=weights /out/ /out/
+RUN pip install --no-cache-dir -c constraints.txt "onnx" \
+ && for checkpoint in /out/*.pt; do \
+      if [ -e "${checkpoint}" ]; then python -m predictor.runtimes.export --weights "${checkpoint}" || exit 1; fi; \
+    done \
+ && mkdir -p /out/.yolo-v7-engines \
+ && rm -f /out/*.pt \
+ && ls -la /out/.yolo-v7-engines
+
+FROM base AS engines-cuda
+
+RUN mkdir -p /out/.yolo-v7-engines
+
+# ---------------------------------------------------------------------------------------------------
+# predictor-venv-cpu: the torch-free runtime environment (kserve, OpenCV, numpy, ONNX Runtime);
+# predictor-venv-cuda: predictor-build's (torch). (DL3006: stage names, not images to tag.)
+# ---------------------------------------------------------------------------------------------------
+FROM base AS predictor-venv-cpu
+
+WORKDIR /src
+COPY constraints.txt pyproject.toml ./
+COPY predictor/ predictor/
+COPY MODEL_CARD.md predictor/
+RUN python -m venv /opt/yolo-v7/venv \
+ && pip install --no-cache-dir -c constraints.txt ".[predictor-cpu]" \
+ && python -c "import predictor.model, predictor.pipeline, predictor.runtimes.detector, onnxruntime, cv2, kserve" \
+ && if pip show torch >/dev/null 2>&1 || pip show torchvision >/dev/null 2>&1; then \
+      echo "torch must not be in the CPU image" >&2; exit 1; fi
+
+FROM predictor-build AS predictor-venv-cuda
+
+# hadolint ignore=DL3006
+FROM predictor-venv-${TORCH_FLAVOR} AS predictor-venv
+
+# hadolint ignore=DL3006
+FROM engines-${TORCH_FLAVOR} AS engines
+
+# ---------------------------------------------------------------------------------------------------
 # predictor: the image KServe runs (the operator's InferenceService points at it)
 # ---------------------------------------------------------------------------------------------------
 FROM base AS predictor
@@ -146,8 +192,11 @@ RUN if [ "${TORCH_FLAVOR}" = cuda ]; then \
       && rm -rf /var/lib/apt/lists/*; \
     fi
 
-COPY --from=predictor-build /opt/yolo-v7/venv /opt/yolo-v7/venv
+COPY --from=predictor-venv /opt/yolo-v7/venv /opt/yolo-v7/venv
 COPY --from=weights /out/ /opt/yolo-v7/weights/
+# CPU flavour: the exported models (.yolo-v7-engines/); --engine auto serves them without torch, which is
+# not installed (predictor.runtimes.detector). CUDA flavour: an empty folder.
+COPY --from=engines /out/ /opt/yolo-v7/weights/
 
 # Defaults through the environment (flags override them). No --weights/YOLO_WEIGHTS: KServe's /mnt/models
 # when mounted, else the one checkpoint in /opt/yolo-v7/weights (predictor.settings.default_weights; the

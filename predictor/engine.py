@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from predictor import ops
-from predictor.ops import LetterboxGeometry
+from predictor.boxes import Detections, LetterboxGeometry, letterbox_rgb, split_detections
 from predictor.settings import ACCELERATIONS, GPU_ACCELERATIONS, PRECISIONS, DetectParams
 
 __all__ = ["DetectParams", "Detections", "Detector", "LetterboxGeometry", "resolve_device", "resolve_precision"]
@@ -46,22 +46,6 @@ __all__ = ["DetectParams", "Detections", "Detector", "LetterboxGeometry", "resol
 log = logging.getLogger(__name__)
 
 DEFAULT_COMPILE_MODE = "default"  # max-autotune* compile for minutes per batch size
-
-
-@dataclass
-class Detections:
-    """Detections for one image, highest score first.
-
-    ``boxes``: float32 ``[K, 4]`` (x1, y1, x2, y2) in original image pixels, clipped to the image;
-    ``scores``: float32 ``[K]`` (objectness × class probability); ``classes``: int64 ``[K]``.
-    """
-
-    boxes: np.ndarray
-    scores: np.ndarray
-    classes: np.ndarray
-
-    def __len__(self) -> int:
-        return int(self.scores.shape[0])
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -252,11 +236,7 @@ class Detector:
     def letterbox(self, image: np.ndarray, where: str = "image") -> tuple[np.ndarray, LetterboxGeometry]:
         """One RGB ``uint8 [H, W, 3]`` image → its letterboxed ``uint8 [S, S, 3]`` pixels and the geometry
         applied (kept to map the boxes back). ``where`` names the image in the error message."""
-        if not isinstance(image, np.ndarray):
-            raise ValueError(f"{where} is a {type(image).__name__}, expected a numpy array")
-        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or 0 in image.shape:
-            raise ValueError(f"{where} must be an HxWx3 uint8 RGB array, got {image.dtype} {image.shape}")
-        return ops.letterbox(image, self.input_size)
+        return letterbox_rgb(image, self.input_size, where)
 
     def stack(self, letterboxed: Sequence[np.ndarray]) -> torch.Tensor:
         """Letterboxed ``uint8 [S, S, 3]`` images (from :meth:`letterbox`) → the network input.
@@ -337,7 +317,7 @@ class Detector:
         self, raw: torch.Tensor, geometries: Sequence[LetterboxGeometry], params: DetectParams = DetectParams()
     ) -> list[Detections]:
         """NMS (:func:`predictor.ops.non_max_suppression` with ``params``), then boxes back to each
-        original image with the geometry its letterbox applied (:func:`predictor.ops.scale_boxes`).
+        original image with the geometry its letterbox applied (:func:`predictor.boxes.scale_boxes`).
 
         Args:
             raw: the network output ``[N, R, 5 + nc]`` (:meth:`forward`).
@@ -350,17 +330,8 @@ class Detector:
         if raw.shape[0] != len(geometries):
             raise ValueError(f"{raw.shape[0]} outputs but {len(geometries)} letterbox geometries")
         det, image = ops.non_max_suppression(raw, params)
-        host = torch.cat((det, image[:, None].to(det.dtype)), dim=1).cpu()  # one device → host copy
-        image = host[:, 6].long()
-        boxes = ops.scale_boxes(host[:, :4], geometries, image).numpy()
-        scores, classes = host[:, 4].numpy(), host[:, 5].long().numpy()
-        out = []
-        start = 0
-        for count in torch.bincount(image, minlength=len(geometries)).tolist():
-            end = start + count
-            out.append(Detections(boxes=boxes[start:end], scores=scores[start:end].copy(), classes=classes[start:end]))
-            start = end
-        return out
+        host = torch.cat((det, image[:, None].to(det.dtype)), dim=1).cpu().numpy()  # one device → host copy
+        return split_detections(host[:, :6], host[:, 6].astype(np.int64), geometries)
 
     def detect(self, images: Sequence[np.ndarray], params: DetectParams = DetectParams()) -> list[Detections]:
         """:meth:`preprocess` → :meth:`forward` → :meth:`postprocess` with ``params``."""

@@ -110,23 +110,27 @@ class YoloV7Model(kserve.Model):
     # ----- lifecycle ----------------------------------------------------------------------------------
     def load(self) -> bool:
         from predictor.batching import Admission
-        from predictor.engine import Detector
         from predictor.metrics import service_metrics
         from predictor.pipeline import DetectionPipeline
-        from predictor.runtimes import attach
+        from predictor.runtimes.detector import torch_free_detector
 
         s = self.settings
         weights = resolve_weights(s.weights)
         start = time.perf_counter()
-        detector = Detector.from_weights(
-            weights,
-            variant=s.variant or None,
-            device=s.device,
-            precision="fp32" if s.precision == "bf16" else s.precision,  # bf16: the CPU engine's only
-            input_size=s.input_size or None,
-            accel=s.accel,
-        )
-        attach(detector, engine=s.engine, weights=weights, precision=s.precision, cache=s.engine_cache or None)
+        detector = torch_free_detector(s, weights)  # an exported model on a CPU engine: no torch imported
+        if detector is None:
+            from predictor.engine import Detector
+            from predictor.runtimes import attach
+
+            detector = Detector.from_weights(
+                weights,
+                variant=s.variant or None,
+                device=s.device,
+                precision="fp32" if s.precision == "bf16" else s.precision,  # bf16: the CPU engine's only
+                input_size=s.input_size or None,
+                accel=s.accel,
+            )
+            attach(detector, engine=s.engine, weights=weights, precision=s.precision, cache=s.engine_cache or None)
         self.names = list(detector.names)
         self.defaults = DetectParams(
             confidence=s.conf_threshold,

@@ -2,7 +2,7 @@
 
 Everything here follows the official YOLOv7 semantics (see ``docs/ops.md``):
 
-* :func:`letterbox_geometry` — where an image lands in the letterboxed canvas: a
+* :func:`letterbox_geometry` (from :mod:`predictor.boxes`, the torch-free half) — where an image lands in the letterboxed canvas: a
   :class:`LetterboxGeometry`, the one description of a letterbox, built only here and carried from the
   letterbox to the box mapping.
 * :func:`letterbox` — OpenCV resize + constant padding, bit-exact with the official letterbox.
@@ -21,12 +21,13 @@ Shapes are ``(height, width)`` unless a name says otherwise. Nothing is computed
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torchvision
 
+from predictor import boxes as _np_boxes
+from predictor.boxes import PAD_COLOR, LetterboxGeometry, letterbox, letterbox_geometry
 from predictor.settings import DetectParams
 
 __all__ = [
@@ -38,118 +39,8 @@ __all__ = [
     "clip_boxes",
     "scale_boxes",
     "non_max_suppression",
+    "PAD_COLOR",
 ]
-
-PAD_COLOR = (114, 114, 114)
-
-
-# --------------------------------------------------------------------------------------------------
-# letterbox
-# --------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class LetterboxGeometry:
-    """Where an image of ``original_shape`` (h0, w0) lands inside the letterboxed canvas.
-
-    ``resized`` is (height, width) after scaling; ``ratio`` is (ratio_w, ratio_h) (equal); ``pad`` is
-    (pad_w, pad_h), half of the total padding, possibly ``x.5`` — with ``ratio`` the official
-    ``ratio_pad``: ``x_letterboxed = x_original · ratio_w + pad_w``; ``borders`` is (top, bottom, left,
-    right) in whole pixels as painted; ``canvas`` is the output (height, width).
-    """
-
-    original_shape: tuple[int, int]
-    resized: tuple[int, int]
-    ratio: tuple[float, float]
-    pad: tuple[float, float]
-    borders: tuple[int, int, int, int]
-    canvas: tuple[int, int]
-
-
-def _as_hw(new_shape: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(new_shape, (int, np.integer)):
-        h = w = int(new_shape)
-    else:
-        if len(new_shape) != 2:
-            raise ValueError(f"new_shape must be an int or (height, width), got {new_shape!r}")
-        h, w = (int(v) for v in new_shape)
-    if h <= 0 or w <= 0:
-        raise ValueError(f"new_shape must be positive, got {new_shape!r}")
-    return h, w
-
-
-def letterbox_geometry(
-    shape: Sequence[int],
-    new_shape: int | Sequence[int] = 640,
-    *,
-    auto: bool = False,
-    stride: int = 32,
-    scaleup: bool = True,
-) -> LetterboxGeometry:
-    """The official letterbox arithmetic for an image of ``shape`` = (h, w).
-
-    ``r = min(H/h, W/w)`` (capped at 1 when ``scaleup`` is False); resized size
-    ``(round(w·r), round(h·r))`` with Python's ``round``; padding ``dw = W − new_w``, ``dh = H − new_h``
-    (reduced modulo ``stride`` when ``auto``), halved; borders ``top = round(dh/2 − 0.1)``,
-    ``bottom = round(dh/2 + 0.1)``, likewise left/right.
-    """
-    h, w = int(shape[0]), int(shape[1])
-    if h <= 0 or w <= 0:
-        raise ValueError(f"image shape must be positive, got {tuple(shape)!r}")
-    if stride <= 0:
-        raise ValueError(f"stride must be positive, got {stride}")
-    nh, nw = _as_hw(new_shape)
-    r = min(nh / h, nw / w)
-    if not scaleup:
-        r = min(r, 1.0)
-    new_w, new_h = int(round(w * r)), int(round(h * r))
-    dw, dh = nw - new_w, nh - new_h
-    if auto:
-        dw, dh = dw % stride, dh % stride
-    dw, dh = dw / 2, dh / 2
-    top, bottom = int(round(dh - 0.1)), int(round(dh + 0.1))
-    left, right = int(round(dw - 0.1)), int(round(dw + 0.1))
-    canvas = (new_h + top + bottom, new_w + left + right)
-    return LetterboxGeometry((h, w), (new_h, new_w), (r, r), (dw, dh), (top, bottom, left, right), canvas)
-
-
-def letterbox(
-    image: np.ndarray,
-    new_shape: int | Sequence[int] = 640,
-    color: Sequence[int] = PAD_COLOR,
-    auto: bool = False,
-    stride: int = 32,
-    scaleup: bool = True,
-) -> tuple[np.ndarray, LetterboxGeometry]:
-    """Resize ``image`` keeping its aspect ratio and pad it to ``new_shape`` (official semantics).
-
-    Args:
-        image: ``uint8`` array ``[H, W, C]`` (any channel order; the operation is per channel).
-        new_shape: target size, an int (square) or (height, width).
-        color: padding value per channel.
-        auto: minimal rectangle — pad only up to the next multiple of ``stride``.
-        stride: see ``auto``.
-        scaleup: allow enlarging small images (False: only shrink).
-
-    Returns:
-        ``(img, geometry)``: the letterboxed ``[H', W', C]`` array (a new array) and its
-        :class:`LetterboxGeometry` (``geometry.ratio``, ``geometry.pad``: the official ``ratio_pad``).
-    """
-    import cv2  # heavy import kept out of module import time
-
-    if not isinstance(image, np.ndarray) or image.ndim != 3:
-        got = getattr(image, "shape", type(image).__name__)
-        raise ValueError(f"letterbox expects an HxWxC numpy array, got {got}")
-    geo = letterbox_geometry(image.shape[:2], new_shape, auto=auto, stride=stride, scaleup=scaleup)
-    new_h, new_w = geo.resized
-    if (image.shape[0], image.shape[1]) != (new_h, new_w):
-        image = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-        if image.ndim == 2:  # cv2 drops a single channel axis
-            image = image[:, :, None]
-    top, bottom, left, right = geo.borders
-    c = image.shape[2]
-    out = np.empty((geo.canvas[0], geo.canvas[1], c), dtype=image.dtype)
-    out[...] = np.resize(np.asarray(color, dtype=image.dtype), c)
-    out[top : top + new_h, left : left + new_w] = image
-    return out, geo
 
 
 def _resize_bilinear(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -247,30 +138,12 @@ def clip_boxes(boxes: torch.Tensor, shape: Sequence[int] | torch.Tensor) -> torc
 def scale_boxes(
     boxes: torch.Tensor, geometries: Sequence[LetterboxGeometry], image: torch.Tensor
 ) -> torch.Tensor:
-    """Map xyxy boxes from letterboxed inputs back to their original images, clipped.
-
-    Each row is mapped with the geometry its image's letterbox *applied*: ``x0 = (x − pad_w) / ratio_w``,
-    ``y0 = (y − pad_h) / ratio_h`` — the official evaluation's mapping (``test.py`` passes the letterbox's
-    ``ratio_pad``), not ``detect.py``'s, which recomputes the pad from the gain as
-    ``(S − w0·gain) / 2`` (107.14 instead of the 107 rows applied to a 451×300 image: every box 0.098 px
-    off). In the boxes' dtype, as the official arithmetic on a float32 tensor.
-
-    Args:
-        boxes: ``[K, 4]`` xyxy in letterboxed pixels (not modified).
-        geometries: one :class:`LetterboxGeometry` per image of the batch.
-        image: int64 ``[K]``, the image (index into ``geometries``) of each row.
-
-    Returns:
-        ``[K, 4]`` xyxy in original pixels, each row clipped to its image; a new tensor.
-    """
-    table = torch.tensor([(*g.ratio, *g.pad, *g.original_shape) for g in geometries], dtype=torch.float64)
-    table = table.reshape(-1, 6)[image.to(torch.long).cpu()].to(boxes.device, boxes.dtype)
-    out = boxes[:, :4].clone()
-    out[:, 0::2] -= table[:, 2:3]
-    out[:, 1::2] -= table[:, 3:4]
-    out[:, 0::2] /= table[:, 0:1]
-    out[:, 1::2] /= table[:, 1:2]
-    return clip_boxes(out, table[:, 4:6])
+    """:func:`predictor.boxes.scale_boxes` for tensors: ``boxes [K, 4]`` xyxy letterboxed, ``image`` int64
+    ``[K]`` (each row's index into ``geometries``) → a new ``[K, 4]`` tensor of original-image xyxy, clipped,
+    on ``boxes``' device (computed on the host by the one implementation)."""
+    host = boxes[:, :4].detach().cpu().numpy()
+    out = _np_boxes.scale_boxes(host, geometries, image.to(torch.long).cpu().numpy())  # one implementation
+    return torch.from_numpy(out).to(boxes.device)
 
 
 # --------------------------------------------------------------------------------------------------

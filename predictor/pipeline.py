@@ -34,18 +34,21 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from predictor import images
 from predictor.batching import DynamicBatcher
-from predictor.engine import Detections, Detector
+from predictor.boxes import Detections, LetterboxGeometry
 from predictor.metrics import ServiceMetrics
-from predictor.ops import LetterboxGeometry
 from predictor.settings import DetectParams
 from predictor.wire import ImageSource, Limits
+
+if TYPE_CHECKING:  # torch is imported where CUDA is used: the CPU engines' server runs without it
+    import torch
+
+    from predictor.engine import Detector
 
 __all__ = ["DetectionPipeline", "PreparedImage"]
 
@@ -109,6 +112,8 @@ class DetectionPipeline:
         self._preparing = 0  # images being decoded now: they will reach the batcher shortly
         self._batch_id = 0
         # One CUDA stream per batch stage: their GPU work overlaps (decode/letterbox, forward, NMS).
+        if cuda:
+            import torch
         self._streams = (
             {stage: torch.cuda.Stream(detector.device) for stage in ("load", "forward", "postprocess")}
             if cuda else None
@@ -191,6 +196,8 @@ class DetectionPipeline:
         """The stage's own CUDA stream as a context (its work overlaps the other stages'); a no-op on the CPU."""
         if self._streams is None:
             return contextlib.nullcontext()
+        import torch
+
         return torch.cuda.stream(self._streams[stage])
 
     def _sync_stage(self) -> None:
@@ -198,6 +205,8 @@ class DetectionPipeline:
         then takes finished tensors (and records its own stream on them for the caching allocator)."""
         if self._streams is None:
             return
+        import torch
+
         torch.cuda.current_stream(self.detector.device).synchronize()
 
     def _run_stages_in_turn(self, items: list[PreparedImage]) -> list[Detections | Exception]:
@@ -248,7 +257,7 @@ class DetectionPipeline:
             for row, index in enumerate(kept):
                 groups.setdefault(items[index].params, []).append(row)
             for params, rows in groups.items():
-                select = raw if len(rows) == raw.shape[0] else raw[torch.as_tensor(rows, device=raw.device)]
+                select = raw if len(rows) == raw.shape[0] else raw[rows]
                 geometries = [items[kept[row]].geometry for row in rows]
                 detections = self.detector.postprocess(select, geometries, params)
                 for row, det in zip(rows, detections, strict=True):
@@ -264,6 +273,8 @@ class DetectionPipeline:
 
         If nvJPEG refuses the batch, its JPEGs are decoded on the CPU one by one; an image that cannot be
         decoded at all gets its error in ``results``. Returns the network input and the indices it holds."""
+        import torch
+
         detector = self.detector
         jpeg_indices = [i for i, item in enumerate(items) if item.jpeg is not None]
         start = time.perf_counter()

@@ -30,8 +30,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-__all__ = ["EXPORT_VERSION", "OPSET", "CACHE_FOLDER", "cache_dirs", "exported_name", "find_or_export",
-           "export_onnx", "weights_sha256"]
+__all__ = ["EXPORT_VERSION", "OPSET", "CACHE_FOLDER", "cache_dirs", "exported_name", "find_exported",
+           "find_or_export", "export_onnx", "metadata_path", "weights_sha256", "write_metadata"]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,47 @@ def weights_sha256(path: str | Path) -> str:
 
 def exported_name(weights: str | Path, sha256: str, input_size: int) -> str:
     return f"{Path(weights).stem}-{sha256[:16]}-s{input_size}-fp32-opset{OPSET}-x{EXPORT_VERSION}.onnx"
+
+
+def metadata_path(onnx_path: str | Path) -> Path:
+    """The JSON beside an exported model: what a torch-free server needs to serve it (class names,
+    variant, strides, input size), written by :func:`write_metadata`."""
+    return Path(f"{onnx_path}.json")
+
+
+def write_metadata(onnx_path: str | Path, detector: Any) -> Path:
+    """Store ``detector``'s ``names``, ``variant``, ``strides``, ``input_size`` and ``num_classes`` beside the
+    export (atomically; an existing file is left as it is, the same export has the same metadata)."""
+    import json
+
+    path = metadata_path(onnx_path)
+    if path.is_file():
+        return path
+    meta = {"names": list(detector.names), "variant": detector.variant, "strides": list(detector.strides),
+            "input_size": detector.input_size, "num_classes": detector.num_classes}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".meta-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(meta, f, indent=1)
+    os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide it from the image's arbitrary runtime UID
+    os.replace(tmp, path)
+    return path
+
+
+def find_exported(weights: str | Path, input_size: int = 0, *, cache: str | Path | None = None) -> Path | None:
+    """The exported model of these weights that has its metadata beside it, without torch: ``input_size``
+    0 = whichever size was exported (the smallest if several). None when there is none."""
+    sha = weights_sha256(weights)
+    stem = exported_name(weights, sha, 0).split("-s0-")[0]
+    for directory in cache_dirs(weights, cache):
+        if input_size:
+            found = [directory / exported_name(weights, sha, input_size)]
+        else:
+            found = sorted(directory.glob(f"{stem}-s*-fp32-opset{OPSET}-x{EXPORT_VERSION}.onnx"),
+                           key=lambda p: int(p.name[len(stem) + 2:].split("-")[0]))
+        for path in found:
+            if path.is_file() and metadata_path(path).is_file():
+                return path
+    return None
 
 
 def cache_dirs(weights: str | Path, override: str | Path | None = None) -> list[Path]:
@@ -93,6 +134,7 @@ def export_onnx(model: Any, input_size: int, dest: str | Path) -> Path:
                 input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                 dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
             )
+        os.chmod(tmp, 0o644)  # readable by an arbitrary UID when exported at image build time
         os.replace(tmp, dest)
     finally:
         if os.path.exists(tmp):
@@ -127,7 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     from predictor.engine import Detector
 
     detector = Detector.from_weights(args.weights, device="cpu", input_size=args.input_size or None)
-    print(find_or_export(detector.model, args.weights, detector.input_size, cache=args.out or None))
+    path = find_or_export(detector.model, args.weights, detector.input_size, cache=args.out or None)
+    write_metadata(path, detector)
+    print(path)
     return 0
 
 

@@ -151,13 +151,14 @@ def attach(detector: Any, *, engine: str, weights: str | Path, precision: str = 
     detector.engine, detector.runtime = "torch", None
     if engine == "torch":
         return "torch"
-    from predictor.runtimes.export import find_or_export
+    from predictor.runtimes.export import find_or_export, write_metadata
 
     threads = threads or cpu_threads()
     if engine == "auto" and not any(_installed(name) for name in CPU_ENGINES):
         return "torch"  # the predictor extra alone: nothing to choose from
     try:
         onnx_path = find_or_export(detector.model, weights, detector.input_size, cache=cache)
+        write_metadata(onnx_path, detector)  # a torch-free restart serves it (predictor.runtimes.detector)
     except Exception:
         if engine != "auto":
             raise

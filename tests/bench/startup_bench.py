@@ -48,8 +48,11 @@ def _log_time(log: str, message: str) -> float | None:
     return stamp.replace(tzinfo=datetime.UTC).timestamp()
 
 
-def one_start(weights: Path, image: bytes, workdir: Path) -> dict[str, float]:
-    with run_image(platform_env=PLATFORM_ENV, uid=IMAGE_USER, weights=weights, workdir=workdir) as run:
+def one_start(weights: Path, image: bytes, workdir: Path, torch_free: dict[str, Any] | None = None) -> dict[str, float]:
+    """One platform start; ``torch_free``: {"venv_bin", "engines"} — the CPU image (TORCH_FLAVOR=cpu): a venv
+    without torch and the build-time export baked beside the weights."""
+    extra = {"build_args": {"TORCH_FLAVOR": "cpu"}, **torch_free} if torch_free else {}
+    with run_image(platform_env=PLATFORM_ENV, uid=IMAGE_USER, weights=weights, workdir=workdir, **extra) as run:
         result = run.client([v2_infer(image)] * (1 + WARM_REQUESTS))
         if result.ready_at is None or any(a.status != 200 for a in result.answers):
             raise RuntimeError(f"no answer: {run.log_text()[-3000:]}")
@@ -75,23 +78,35 @@ def one_start(weights: Path, image: bytes, workdir: Path) -> dict[str, float]:
         }
 
 
-def run(out_dir: Path | None = None, quick: bool = False) -> dict[str, Any]:
+def run(out_dir: Path | None = None, quick: bool = False, torch_free: bool = False) -> dict[str, Any]:
+    """``torch_free``: the CPU image as built now (no torch installed; ONNX Runtime on the build-time export,
+    tests/bench/torchfree_bench.py's venv), else the torch environment of this machine."""
     root = fixtures_root() / "yolov7"
     image = (root / "images" / "bus.jpg").read_bytes()
     rounds = 1 if quick else 3
     load_before = os.getloadavg()[0]
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in MODELS}
     with tempfile.TemporaryDirectory(prefix="startup-bench-") as tmp:
+        images: dict[str, dict[str, Any] | None] = {name: None for name in MODELS}
+        if torch_free:
+            from tests.bench import torchfree_bench
+
+            venv_bin = str(torchfree_bench.ensure_venv().parent)
+            for name, file in MODELS.items():
+                exported = torchfree_bench.export_model(root / file, Path(tmp) / "export" / name)
+                images[name] = {"venv_bin": venv_bin, "engines": exported.parent / ".yolo-v7-engines"}
         for index in range(rounds):
             for name, file in MODELS.items():  # interleaved: A B A B ...
-                runs[name].append(one_start(root / file, image, Path(tmp) / f"{name}-{index}"))
+                runs[name].append(one_start(root / file, image, Path(tmp) / f"{name}-{index}", images[name]))
     medians = {name: {key: statistics.median(r[key] for r in rs if r[key] is not None)
                       for key in rs[0] if key != "isolated"} for name, rs in runs.items()}
     return {
         "machine": {"cpus": os.cpu_count(), "affinity": len(os.sched_getaffinity(0)), "platform": platform.platform(),
                     "python": platform.python_version()},
         "load_average_1min": [round(load_before, 1), round(os.getloadavg()[0], 1)],  # before, after: others' work
-        "how": "entry command, no args, PORT=8080, UID 1001, read-only but /tmp, CPU, fp32, input 640, bus.jpg v2 JSON",
+        "how": "entry command, no args, PORT=8080, UID 1001, read-only but /tmp, CPU, fp32, input 640, bus.jpg v2 JSON"
+               + ("; the CPU image (TORCH_FLAVOR=cpu): no torch installed, ONNX Runtime on the build-time export"
+                  if torch_free else "; torch"),
         "rounds": rounds,
         "median": medians,
         "runs": runs,
@@ -99,4 +114,4 @@ def run(out_dir: Path | None = None, quick: bool = False) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    print(json.dumps(run(quick="--quick" in sys.argv), indent=2))
+    print(json.dumps(run(quick="--quick" in sys.argv, torch_free="--torch-free" in sys.argv), indent=2))

@@ -187,10 +187,10 @@ def v2_infer(image: bytes, model: str = "yolov7") -> dict:
 
 
 def image_environment(dockerfile: Dockerfile, target: str = "predictor",
-                      build_args: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The image's ENV, with this machine's venv for the image's."""
+                      build_args: Mapping[str, str] | None = None, venv_bin: str | None = None) -> dict[str, str]:
+    """The image's ENV, with this machine's venv (or ``venv_bin``'s) for the image's."""
     env = dockerfile.resolved_env(target, dict(build_args or {}))
-    venv_bin = str(Path(sys.executable).parent)
+    venv_bin = venv_bin or str(Path(sys.executable).parent)
     out = {}
     for key, value in env.items():
         value = value.replace("$PATH", BASE_IMAGE_PATH).replace("${PATH}", BASE_IMAGE_PATH)
@@ -212,9 +212,13 @@ def _read_only_dir(path: Path) -> Path:
 
 @contextlib.contextmanager
 def run_image(*, platform_env: Mapping[str, str], uid: int, weights: Path, workdir: Path,
-              dockerfile: Dockerfile | None = None, build_args: Mapping[str, str] | None = None
-              ) -> Iterator[ImageRun]:
-    """Start the predictor image's entry command as a platform would (see the module docstring)."""
+              dockerfile: Dockerfile | None = None, build_args: Mapping[str, str] | None = None,
+              venv_bin: str | None = None, engines: Path | None = None) -> Iterator[ImageRun]:
+    """Start the predictor image's entry command as a platform would (see the module docstring).
+
+    ``venv_bin``: another environment's bin folder for the image's venv (the torch-free CPU image's:
+    tests/bench/torchfree_bench.py); ``engines``: a build-time export folder baked beside the weights
+    (the CPU image's .yolo-v7-engines/)."""
     dockerfile = dockerfile or Dockerfile.read(REPO_ROOT / "Dockerfile")
     workdir.mkdir(parents=True, exist_ok=True)
     workdir.chmod(0o755)  # tmp_path is 0700: the platform UID must reach what lies below
@@ -226,8 +230,13 @@ def run_image(*, platform_env: Mapping[str, str], uid: int, weights: Path, workd
     baked.mkdir()
     shutil.copy(weights, baked / weights.name)
     (baked / weights.name).chmod(0o444)
+    if engines is not None:
+        shutil.copytree(engines, baked / ".yolo-v7-engines")
+        for path in (baked / ".yolo-v7-engines").iterdir():
+            path.chmod(0o444)
+        _read_only_dir(baked / ".yolo-v7-engines")
     _read_only_dir(baked)
-    env = image_environment(dockerfile, build_args=build_args)
+    env = image_environment(dockerfile, build_args=build_args, venv_bin=venv_bin)
     env["HOME"] = str(_read_only_dir(workdir / "home"))  # the image's HOME, read-only here (root filesystem)
     env["PYTHONPATH"] = str(REPO_ROOT)
     env["YOLO_BAKED_WEIGHTS"] = str(baked)

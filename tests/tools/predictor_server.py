@@ -120,13 +120,17 @@ def predictor_server(
     env: Mapping[str, str] | None = None,
     ready_timeout: float = 300.0,
     stop_grace: float = 15.0,
+    launcher: Sequence[str] | None = None,
 ) -> Iterator[PredictorServer]:
-    """Run ``python -m predictor`` on free 127.0.0.1 ports until the ``with`` block ends."""
+    """Run ``python -m predictor`` on free 127.0.0.1 ports until the ``with`` block ends.
+
+    ``launcher`` replaces ``[sys.executable, "-m", "predictor"]`` (e.g. another venv's python, or
+    tests/tools/no_torch.py)."""
     http_port, grpc_port = free_port_pair()
     log_dir = Path(tempfile.mkdtemp(prefix="predictor-log-"))
     log_path = log_dir / "predictor.log"
     command = [
-        sys.executable, "-m", "predictor",
+        *(launcher or (sys.executable, "-m", "predictor")),
         "--model_name", model_name,
         "--weights", str(weights),
         "--http_port", str(http_port),

@@ -419,3 +419,42 @@ def test_weights_none_bakes_nothing(df, weights_context):
     proc = _run_weights_stage(df, weights_context, "none")
     assert proc.returncode == 0, proc.stderr
     assert list((weights_context / "out").iterdir()) == []
+
+
+# ----- the CPU image: torch-free at run time --------------------------------------------------------------
+@pytest.mark.parametrize(("flavour", "venv_chain", "engines_chain"), [
+    (None, ["base", "torch-cuda", "predictor-build", "predictor-venv-cuda", "predictor-venv"],
+     ["base", "engines-cuda", "engines"]),
+    ("cpu", ["base", "predictor-venv-cpu", "predictor-venv"],
+     ["base", "torch-cpu", "predictor-build", "engines-cpu", "engines"]),
+])
+def test_predictor_venv_and_engines_follow_the_flavour(df, flavour, venv_chain, engines_chain):
+    build_args = {"TORCH_FLAVOR": flavour} if flavour else None
+    assert [s.name for s in df.chain("predictor-venv", build_args)] == venv_chain
+    assert [s.name for s in df.chain("engines", build_args)] == engines_chain
+    copies = {inst.flags_and_args()[0].get("from"): inst.flags_and_args()[1][-1]
+              for inst in df.stage("predictor").all("COPY") if "from" in inst.flags_and_args()[0]}
+    assert copies["predictor-venv"] == "/opt/yolo-v7/venv" and copies["engines"] == "/opt/yolo-v7/weights/"
+    assert "predictor-build" not in copies  # the runtime venv comes only through predictor-venv
+
+
+def test_cpu_runtime_installs_the_torch_free_extra_and_refuses_torch(df):
+    run = df.stage("predictor-venv-cpu").run_text()
+    assert '".[predictor-cpu]"' in run and "-c constraints.txt" in run
+    assert "pip show torch" in run and "pip show torchvision" in run and "exit 1" in run
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    names = {re.split(r"[<>=!~\[; ]", req, maxsplit=1)[0].lower() for req in extras["predictor-cpu"]}
+    assert names == {"kserve", "opencv-python-headless", "onnxruntime"}, names
+    assert {"torch", "torchvision"} <= {re.split(r"[<>=!~\[; ]", r, maxsplit=1)[0] for r in extras["predictor"]}
+
+
+def test_cpu_engines_stage_exports_every_baked_checkpoint_where_the_server_looks(df):
+    from predictor.runtimes.export import CACHE_FOLDER
+
+    run = df.stage("engines-cpu").run_text()
+    assert "python -m predictor.runtimes.export --weights" in run and "/out/*.pt" in run
+    assert f"/out/{CACHE_FOLDER}" in run and "rm -f /out/*.pt" in run  # the weights come from the weights stage
+    copies = [inst.flags_and_args() for inst in df.stage("engines-cpu").all("COPY")]
+    assert ({"from": "weights"}, ["/out/", "/out/"]) in copies

@@ -35,13 +35,19 @@ EXPORTED = [e for e in ("onnxruntime", "openvino") if importlib.util.find_spec(e
 
 
 @pytest.fixture(scope="module")
-def tiny(yolo_fixtures: Path, tmp_path_factory) -> dict:
+def tiny(yolo_fixtures: Path, tmp_path_factory):
     weights = yolo_fixtures / f"{VARIANT}-random.pt"
     cache = tmp_path_factory.mktemp("engines")
-    detector = Detector.from_weights(weights, device="cpu")
-    onnx_path = export.find_or_export(detector.model, weights, detector.input_size, cache=cache)
-    return {"weights": weights, "cache": cache, "detector": detector, "onnx": onnx_path,
-            "golden": load_golden(yolo_fixtures, VARIANT)}
+    with pytest.MonkeyPatch.context() as patch:
+        # only this module's cache: another run's export of the shared fixture in $TMPDIR or ~/.cache
+        # (looked in after --engine_cache, predictor.runtimes.export.cache_dirs) must not be found
+        isolated = tmp_path_factory.mktemp("isolated")
+        patch.setenv("XDG_CACHE_HOME", str(isolated))
+        patch.setattr(export.tempfile, "tempdir", str(isolated))
+        detector = Detector.from_weights(weights, device="cpu")
+        onnx_path = export.find_or_export(detector.model, weights, detector.input_size, cache=cache)
+        yield {"weights": weights, "cache": cache, "detector": detector, "onnx": onnx_path,
+               "golden": load_golden(yolo_fixtures, VARIANT)}
 
 
 def _forward(tiny: dict, engine: str, x: np.ndarray, precision: str = "fp32") -> np.ndarray:
