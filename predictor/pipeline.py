@@ -47,7 +47,7 @@ from predictor.ops import LetterboxGeometry
 from predictor.settings import DetectParams
 from predictor.wire import ImageSource, Limits
 
-__all__ = ["DetectionPipeline", "PreparedImage"]
+__all__ = ["DetectionPipeline", "PreparedImage", "letterbox_source"]
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,27 @@ class PreparedImage:
         """(height, width) of the original image; known after decoding."""
         assert self.geometry is not None
         return self.geometry.original_shape
+
+
+def letterbox_source(
+    source: ImageSource, where: str, timings: dict[str, float], *, max_pixels: int,
+    letterbox: Any, metrics: ServiceMetrics,
+) -> tuple[np.ndarray, LetterboxGeometry]:
+    """Encoded bytes (decoded here, pixel count checked first) or an RGB pixel array → ``letterbox`` of it
+    (:meth:`Detector.letterbox`, or the same function in a front-end process); the stage times go to
+    ``timings`` and the metrics. The decoded image is dropped on return."""
+    if isinstance(source, bytes):
+        start = time.perf_counter()
+        image = images.decode_image(source, max_pixels, where)
+        timings["decode"] = time.perf_counter() - start
+        metrics.stage.labels("decode").observe(timings["decode"])
+    else:
+        image = images.check_pixel_array(source, max_pixels, where)
+    start = time.perf_counter()
+    letterboxed = letterbox(image, where)
+    timings["preprocess"] = time.perf_counter() - start
+    metrics.stage.labels("preprocess").observe(timings["preprocess"])
+    return letterboxed
 
 
 @dataclass(eq=False)
@@ -107,6 +128,8 @@ class DetectionPipeline:
         cuda = detector.device.type == "cuda"
         self.gpu_decode = cuda if gpu_decode is None else (gpu_decode and cuda)
         self._preparing = 0  # images being decoded now: they will reach the batcher shortly
+        # images being decoded in other processes (front ends, --workers): set by the model process
+        self.preparing_elsewhere: Any = None
         self._batch_id = 0
         # One CUDA stream per batch stage: their GPU work overlaps (decode/letterbox, forward, NMS).
         self._streams = (
@@ -121,9 +144,13 @@ class DetectionPipeline:
             max_batch_size=max_batch_size,
             max_delay_s=max_batch_delay_s,
             on_batch=self._observe_batch,
-            incoming=lambda: self._preparing,
+            incoming=self._incoming,
             name="yolo-forward",
         )
+
+    def _incoming(self) -> int:
+        elsewhere = self.preparing_elsewhere
+        return self._preparing + (elsewhere() if elsewhere is not None else 0)
 
     # ----- event loop side --------------------------------------------------------------------------
     async def prepare(self, sources: Sequence[ImageSource], params: DetectParams) -> list[PreparedImage]:
@@ -166,21 +193,8 @@ class DetectionPipeline:
     def _letterbox_source(
         self, source: ImageSource, where: str, timings: dict[str, float]
     ) -> tuple[np.ndarray, LetterboxGeometry]:
-        """Encoded bytes (decoded here, pixel count checked first) or an RGB pixel array → the detector's
-        letterbox of it; the stage times go to ``timings`` and the metrics. The decoded image is dropped
-        on return."""
-        if isinstance(source, bytes):
-            start = time.perf_counter()
-            image = images.decode_image(source, self.limits.max_pixels, where)
-            timings["decode"] = time.perf_counter() - start
-            self.metrics.stage.labels("decode").observe(timings["decode"])
-        else:
-            image = images.check_pixel_array(source, self.limits.max_pixels, where)
-        start = time.perf_counter()
-        letterboxed = self.detector.letterbox(image, where)
-        timings["preprocess"] = time.perf_counter() - start
-        self.metrics.stage.labels("preprocess").observe(timings["preprocess"])
-        return letterboxed
+        return letterbox_source(source, where, timings, max_pixels=self.limits.max_pixels,
+                                letterbox=self.detector.letterbox, metrics=self.metrics)
 
     # ----- batch stages (each in its own worker thread) -----------------------------------------------
     def _observe_batch(self, size: int, waited: float) -> None:
@@ -343,4 +357,5 @@ class DetectionPipeline:
             "input_size": d.input_size,
             "num_classes": d.num_classes,
             "gpu_decode": self.gpu_decode,
+            "accel": d.accel,
         }
