@@ -29,7 +29,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import Connection
 from typing import Any
 
 from predictor.slots import SlotFile, slot_dir
@@ -41,6 +41,7 @@ log = logging.getLogger("predictor")
 MAX_RESTARTS = 5  # front-end restarts allowed within RESTART_WINDOW_S before the pod is restarted
 RESTART_WINDOW_S = 60.0
 STOP_GRACE_S = 10.0
+WATCH_INTERVAL_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -157,9 +158,9 @@ class _Host:
         from prometheus_client import multiprocess
 
         while not self.stopping:
-            by_sentinel = {fe.process.sentinel: fe for fe in self.front_ends if fe.process is not None}
-            for sentinel in wait(list(by_sentinel), timeout=1.0):
-                fe = by_sentinel[sentinel]
+            time.sleep(WATCH_INTERVAL_S)
+            # waitpid, not the sentinel pipe: a front end's libraries may close or reuse that descriptor
+            for fe in [fe for fe in self.front_ends if fe.process is not None and not fe.process.is_alive()]:
                 if self.stopping:
                     return
                 code = fe.process.exitcode

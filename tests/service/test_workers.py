@@ -26,8 +26,14 @@ from tests.tools.predictor_server import predictor_server
 
 
 def _children(pid: int) -> set[int]:
-    path = Path(f"/proc/{pid}/task/{pid}/children")
-    return {int(p) for p in path.read_text().split()} if path.exists() else set()
+    """Children of every thread of ``pid`` (a front end started again comes from the watcher thread)."""
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            found |= {int(p) for p in (task / "children").read_text().split()}
+        except FileNotFoundError:
+            continue
+    return found
 
 
 def _front_ends(pid: int) -> set[int]:
