@@ -30,6 +30,7 @@ SPEC_DEFAULTS: dict[str, Any] = {
     "thresholds": {"confidence": 0.25, "iou": 0.45, "maxDetections": 300, "classes": []},
     "inputSize": 0,
     "precision": "auto",
+    "workers": 0,
     "batching": {"maxBatchSize": 8, "maxDelayMs": 5, "acceleration": "auto"},
     "limits": {"maxRequestBytes": 32 * 1024 * 1024, "maxImagePixels": 40_000_000, "maxImagesPerRequest": 64,
                "maxQueuedImages": 256},
@@ -156,6 +157,7 @@ def predictor_settings(spec: Mapping[str, Any], config: OperatorConfig) -> Predi
         max_image_pixels=int(limits["maxImagePixels"]),
         max_images_per_request=int(limits["maxImagesPerRequest"]),
         max_queued_images=int(limits["maxQueuedImages"]),
+        workers=int(spec["workers"]),
     )
 
 
