@@ -67,6 +67,10 @@ def small_jpeg(jpeg: bytes, target: int = SMALL_JPEG_BYTES) -> bytes:
     return best
 
 
+def _env_list(name: str, default: tuple[Any, ...]) -> tuple[str, ...]:
+    return tuple(item for item in os.environ.get(name, "").split(",") if item) or tuple(str(d) for d in default)
+
+
 # ----- requests --------------------------------------------------------------------------------------
 def rest_bodies(jpeg: bytes, shape: list[int]) -> dict[str, tuple[bytes, dict[str, str]]]:
     """The v2 request for one image: JSON (base64 BYTES) and the binary extension. ``shape``: ours takes
@@ -84,27 +88,29 @@ def rest_bodies(jpeg: bytes, shape: list[int]) -> dict[str, tuple[bytes, dict[st
     }
 
 
-async def _rest(url: str, content: bytes, headers: dict[str, str], concurrency: int, seconds: float) -> int:
+async def _rest(url: str, content: bytes, headers: dict[str, str], concurrency: int, seconds: float) -> list[float]:
     import aiohttp
 
-    done = 0
+    done: list[float] = []  # latencies
     deadline = time.monotonic() + seconds
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as session:
         async def worker() -> None:
             nonlocal done
             while time.monotonic() < deadline:
+                start = time.perf_counter()
                 async with session.post(url, data=content, headers=headers) as response:
                     body = await response.read()
                     if response.status != 200:
                         raise RuntimeError(f"HTTP {response.status}: {body[:300]!r}")
-                done += 1
+                done.append(time.perf_counter() - start)
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
     return done
 
 
-async def _grpc(target: str, model: str, jpeg: bytes, shape: list[int], concurrency: int, seconds: float) -> int:
+async def _grpc(target: str, model: str, jpeg: bytes, shape: list[int], concurrency: int,
+                seconds: float) -> list[float]:
     """Closed loop over min(concurrency, 8) channels, each its own TCP connection (front ends share the
     port by SO_REUSEPORT: one connection would reach one front end)."""
     import grpc
@@ -121,15 +127,15 @@ async def _grpc(target: str, model: str, jpeg: bytes, shape: list[int], concurre
     options = [("grpc.use_local_subchannel_pool", 1), ("grpc.max_receive_message_length", 64 << 20)]
     channels = [grpc.aio.insecure_channel(target, options=options) for _ in range(min(concurrency, 8))]
     stubs = [pb_grpc.GRPCInferenceServiceStub(channel) for channel in channels]
-    done = 0
+    done: list[float] = []  # latencies
     deadline = time.monotonic() + seconds
 
     async def worker(index: int) -> None:
-        nonlocal done
         stub = stubs[index % len(stubs)]
         while time.monotonic() < deadline:
+            start = time.perf_counter()
             await stub.ModelInfer(request, timeout=120)
-            done += 1
+            done.append(time.perf_counter() - start)
 
     try:
         await asyncio.gather(*(worker(i) for i in range(concurrency)))
@@ -217,14 +223,17 @@ def _measure(server: dict, protocol: str, jpeg: bytes, concurrency: int, seconds
     batches_before = _scrape_batches(server["http_url"]) if ours else None
     start = time.perf_counter()
     if protocol == "grpc":
-        done = asyncio.run(_grpc(server["grpc_target"], "yolov7", jpeg, shape, concurrency, seconds))
+        latencies = asyncio.run(_grpc(server["grpc_target"], "yolov7", jpeg, shape, concurrency, seconds))
     else:
         content, headers = bodies[protocol]
-        done = asyncio.run(_rest(f"{server['http_url']}/v2/models/yolov7/infer", content, headers, concurrency,
-                                 seconds))
+        latencies = asyncio.run(_rest(f"{server['http_url']}/v2/models/yolov7/infer", content, headers,
+                                      concurrency, seconds))
     wall = time.perf_counter() - start
     cpu = _cpu_seconds(server["pid"]) - before_cpu
-    result = {"requests": done, "rps": round(done / wall, 1), "cpu_ms_per_request": round(1000 * cpu / max(done, 1), 3)}
+    done = len(latencies)
+    result = {"requests": done, "rps": round(done / wall, 1),
+              "cpu_ms_per_request": round(1000 * cpu / max(done, 1), 3),
+              "latency_ms_p50": round(1000 * statistics.median(latencies), 2) if latencies else None}
     if batches_before is not None:
         total, count = _scrape_batches(server["http_url"])
         result["mean_batch"] = round((total - batches_before[0]) / max(1.0, count - batches_before[1]), 2)
@@ -237,33 +246,36 @@ def run(out_dir: Path, quick: bool) -> dict[str, Any]:
     fixtures = _fixtures()
     bus = (fixtures / "images" / "bus.jpg").read_bytes()
     images = {"small": small_jpeg(bus), "bus": bus}
-    levels = tuple(int(c) for c in os.environ.get("YOLO_BENCH_CONCURRENCY", "").split(",") if c) or \
-        ((8, 32) if quick else CONCURRENCY)
+    images = {name: images[name] for name in _env_list("YOLO_BENCH_IMAGES", tuple(images))}
+    protocols = _env_list("YOLO_BENCH_PROTOCOLS", PROTOCOLS)
+    levels = tuple(int(c) for c in _env_list("YOLO_BENCH_CONCURRENCY", ("8", "32") if quick else CONCURRENCY))
+    worker_counts = _env_list("YOLO_BENCH_WORKERS", ("1", "2"))
     seconds = 1.0 if quick else float(os.environ.get("YOLO_BENCH_CELL_SECONDS", CELL_SECONDS))
     rounds = 1 if quick else int(os.environ.get("YOLO_BENCH_ROUNDS", ROUNDS))
-    stub_ms = float(os.environ.get("YOLO_BENCH_STUB_MS", STUB_MS))
+    stub_ms = float(os.environ.get("YOLO_BENCH_STUB_MS", STUB_MS))  # 0: the real forward (the GPU check)
     args = ["--input_size", "640", "--max_batch_size", str(MAX_BATCH), "--max_batch_delay_ms", "5",
-            "--warmup", "false"]
-    env = {"YOLO_TEST_STUB_FORWARD_MS": str(stub_ms), "OMP_NUM_THREADS": "1"}
-    weights = fixtures / "yolov7-tiny-random.pt"
+            "--warmup", "false", *os.environ.get("YOLO_BENCH_SERVER_ARGS", "").split()]
+    env = {"YOLO_TEST_STUB_FORWARD_MS": str(stub_ms)} if stub_ms > 0 else {}
+    weights = os.environ.get("YOLO_BENCH_WEIGHTS") or fixtures / "yolov7-tiny-random.pt"
+    device = os.environ.get("YOLO_BENCH_DEVICE", "cpu")
     result: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count()}, "stub_forward_ms": stub_ms, "cell_seconds": seconds,
         "rounds": rounds, "image_bytes": {k: len(v) for k, v in images.items()}, "cells": [],
     }
     with contextlib.ExitStack() as stack:
         servers: dict[str, dict] = {}
-        for name, workers in (("workers1", "1"), ("workers2", "2")):
-            running = stack.enter_context(predictor_server(weights, extra_args=[*args, "--workers", workers],
-                                                           env=env))
-            servers[name] = {"http_url": running.http_url, "grpc_target": running.grpc_target, "pid": running.pid,
-                             "ours": True}
-        triton = stack.enter_context(_triton(stub_ms))
+        for workers in worker_counts:
+            running = stack.enter_context(predictor_server(weights, device=device, env=env,
+                                                           extra_args=[*args, "--workers", workers]))
+            servers[f"workers{workers}"] = {"http_url": running.http_url, "grpc_target": running.grpc_target,
+                                            "pid": running.pid, "ours": True}
+        triton = stack.enter_context(_triton(stub_ms)) if stub_ms > 0 else {"error": "real forward: no baseline"}
         if "error" in triton:
             result["triton_error"] = triton["error"]
         else:
             servers["triton"] = triton
         for image_name, jpeg in images.items():
-            for protocol in PROTOCOLS:
+            for protocol in protocols:
                 for concurrency in levels:
                     samples: dict[str, list[dict]] = {name: [] for name in servers}
                     load = os.getloadavg()[0]
@@ -273,11 +285,12 @@ def run(out_dir: Path, quick: bool) -> dict[str, Any]:
                     cell: dict[str, Any] = {"image": image_name, "protocol": protocol, "concurrency": concurrency,
                                             "load_average_1m": round(load, 2)}
                     for name, runs in samples.items():
-                        cell[name] = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
-                    w1, w2 = cell["workers1"], cell["workers2"]
-                    cell["rps_ratio_workers2_over_1"] = round(w2["rps"] / max(w1["rps"], 1e-9), 3)
+                        cell[name] = {key: statistics.median(run[key] or 0 for run in runs) for key in runs[0]}
+                    ours = [name for name in servers if name.startswith("workers")]
+                    first, last = cell[ours[0]], cell[ours[-1]]
+                    cell[f"rps_ratio_{ours[-1]}_over_{ours[0]}"] = round(last["rps"] / max(first["rps"], 1e-9), 3)
                     if "triton" in cell:
-                        for name in ("workers1", "workers2"):
+                        for name in ours:
                             cell[f"cpu_ratio_{name}_over_triton"] = round(
                                 cell[name]["cpu_ms_per_request"] / max(cell["triton"]["cpu_ms_per_request"], 1e-9), 3)
                     print(f"[frontend] {json.dumps(cell)}", file=sys.stderr)
