@@ -87,6 +87,27 @@ class _QuietLoggingInterceptor:
         return Passthrough()
 
 
+def drop_request_log_work() -> None:
+    """With request logs off, skip the per-request work that only feeds them: KServe's gRPC
+    ``LoggingInterceptor`` (one INFO line per call, which ``--request_logs`` does not reach) and its REST
+    ``TimingMiddleware``, whose only output is the trace logger that :func:`quiet_request_logs` silences.
+    An ``--access_log_format`` keeps KServe's middleware (the access log is asked for)."""
+    from kserve.protocol.grpc import server as grpc_server
+    from kserve.protocol.rest import server as rest_server
+
+    grpc_server.LoggingInterceptor = _QuietLoggingInterceptor
+    kserve_middlewares = rest_server.RESTServer._add_middlewares
+    if getattr(kserve_middlewares, "__wrapped__", None) is not None:
+        return
+
+    def add_middlewares(self: Any, app: Any) -> None:
+        if self.access_log_format:
+            add_middlewares.__wrapped__(self, app)
+
+    add_middlewares.__wrapped__ = kserve_middlewares  # type: ignore[attr-defined]
+    rest_server.RESTServer._add_middlewares = add_middlewares
+
+
 def planned_workers(argv: list[str] | None) -> tuple[int, str]:
     """``(front ends, device)`` from ``--workers``/``--device`` (or ``YOLO_WORKERS``/``YOLO_DEVICE``), read
     before KServe (and so prometheus_client) is imported: multiprocess metrics must be set up first. Bad
@@ -160,7 +181,6 @@ def configure(args: argparse.Namespace, settings: Any) -> None:
     from kserve import model_server
     from kserve.logging import configure_logging
     from kserve.logging import logger as kserve_logger
-    from kserve.protocol.grpc import server as grpc_server
 
     from predictor.errors import filter_native_stderr
 
@@ -173,7 +193,7 @@ def configure(args: argparse.Namespace, settings: Any) -> None:
 
     if not settings.request_logs:
         quiet_request_logs()
-        grpc_server.LoggingInterceptor = _QuietLoggingInterceptor
+        drop_request_log_work()
     filter_native_stderr()  # one log line per rejected image, not one more from libpng/libjpeg
 
     # KServe's GRPCServer reads its message limits from kserve.model_server.args (parsed at import).
