@@ -230,6 +230,13 @@ def serve(args: argparse.Namespace, settings: Any, model: Any, *, front_end: Any
     )
     install(model_server.app, server, model=model, max_request_bytes=settings.max_request_bytes,
             demo=settings.demo, multiprocess_metrics=front_end is not None)
+    if settings.auth_token_file:  # predictor/auth.py: bearer token on REST and gRPC, probes exempt
+        from predictor import auth
+
+        try:
+            auth.install(model_server.app, settings.auth_token_file)
+        except (OSError, ValueError) as error:
+            sys.exit(f"error: --auth_token_file: {error}")
     tune_for_serving()
     log = logging.getLogger("predictor")
     base = f"http://0.0.0.0:{args.http_port}"

@@ -105,6 +105,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_images_per_request", int, "largest number of images in one request", minimum=1, maximum=4096),
     Option("max_queued_images", int, "images admitted at once (decoding, queued or in a batch); more get 503",
            minimum=1),
+    Option("auth_token_file", str, "file holding the bearer token REST/gRPC callers must send (Authorization: "
+           "Bearer ...); health probes and /metrics are exempt; empty = no check (predictor/auth.py)"),
     Option("warmup", _parse_bool, "run warm-up forwards before reporting ready"),
     Option("demo", _parse_bool, "serve the demo page at / (for `make dev`)"),
     Option("workers", int, "front-end processes (REST + gRPC: parse, validate, decode, letterbox) feeding ONE model "
@@ -137,6 +139,7 @@ class PredictorSettings:
     max_image_pixels: int = 40_000_000
     max_images_per_request: int = 64
     max_queued_images: int = 256
+    auth_token_file: str = ""
     warmup: bool = True
     demo: bool = False
     workers: int = 0

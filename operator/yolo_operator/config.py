@@ -44,12 +44,40 @@ KNATIVE_FLAGS: dict[str, str] = {
     "affinity": "kubernetes.podspec-affinity",
     "priorityClassName": "kubernetes.podspec-priorityclassname",
     "runtimeClassName": "kubernetes.podspec-runtimeclassname",
+    "topologySpreadConstraints": "kubernetes.podspec-topologyspreadconstraints",
 }
 KNATIVE_EMPTYDIR_FLAG = "kubernetes.podspec-volumes-emptydir"
 KNATIVE_STOCK_ENABLED: frozenset[str] = frozenset({KNATIVE_EMPTYDIR_FLAG})
 # startupProbe is refused by Knative before 1.15 (knative/serving#15309).
 KNATIVE_STARTUP_PROBE_VERSION = (1, 15)
 DEFAULT_KNATIVE_VERSION = "1.10"  # the oldest supported: no startupProbe unless told otherwise
+
+# ----- what the operator makes besides the InferenceService (issue 16) -----------------------------------
+# KServe labels every predictor pod, in both modes, with its InferenceService's name and the component
+# (predictor.go:509-510; constants.go:61, 403); the PodMonitor, PodDisruptionBudget and NetworkPolicy select on both.
+ISVC_POD_LABEL = f"{ISVC_GROUP}/inferenceservice"
+COMPONENT_LABEL, PREDICTOR_COMPONENT = "component", "predictor"
+# KServe's autoscaler class annotation (constants.go:118) and its KEDA class (constants.go:253, allowed list :277-282).
+AUTOSCALER_CLASS_ANNOTATION = f"{ISVC_GROUP}/autoscalerClass"
+AUTOSCALER_CLASS_KEDA = "keda"
+KEDA_GROUP = "keda.sh"
+# Prometheus Operator's PodMonitor (also OpenShift user-workload monitoring).
+MONITORING_GROUP, MONITORING_VERSION, PODMONITOR_PLURAL, PODMONITOR_KIND = (
+    "monitoring.coreos.com", "v1", "podmonitors", "PodMonitor")
+# PodDisruptionBudget: policy/v1 from Kubernetes 1.21, policy/v1beta1 before (the newest served is used).
+POLICY_GROUP, PDB_VERSIONS, PDB_PLURAL, PDB_KIND = "policy", ("v1", "v1beta1"), "poddisruptionbudgets", "PodDisruptionBudget"
+NETWORKING_GROUP, NETWORKING_VERSION, NETPOL_PLURAL, NETPOL_KIND = (
+    "networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy")
+# Namespaces admitted by every detector's NetworkPolicy besides its own (label kubernetes.io/metadata.name, set by
+# Kubernetes >= 1.21): the ingress gateways, Knative's activator, and the monitoring stacks that scrape /metrics.
+DEFAULT_CALLER_NAMESPACES: tuple[str, ...] = (
+    "istio-system", "knative-serving", "kserve", "openshift-ingress", "openshift-monitoring",
+    "openshift-user-workload-monitoring", "monitoring")
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+# The bearer token of spec.access.tokenSecret, mounted read-only into the predictor here.
+AUTH_TOKEN_DIR = "/var/run/yolo-v7/auth"
+AUTH_VOLUME = "auth-token"
+METRICS_PATH = "/metrics"
 
 # ----- labels the operator puts on what it makes (and finds it again by) ---------------------------
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
@@ -107,6 +135,10 @@ class OperatorConfig:
     knative_features: frozenset[str] = KNATIVE_STOCK_ENABLED
     knative_version: str = DEFAULT_KNATIVE_VERSION
     kserve_mode_names: str = "auto"
+    # Namespaces every detector's NetworkPolicy admits besides its own and spec.access.namespaces.
+    caller_namespaces: tuple[str, ...] = DEFAULT_CALLER_NAMESPACES
+    # Port of the operator's Prometheus /metrics (0 = off; the chart sets metricsPort).
+    metrics_port: int = 0
 
     def knative_enabled(self, flag: str) -> bool:
         return flag in self.knative_features
@@ -123,7 +155,7 @@ class OperatorConfig:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorConfig:
         """``YOLO_OPERATOR_IMAGE``, ``_IMAGE_PULL_POLICY``, ``_BAKED_VARIANTS`` (comma list), ``_BAKED_RELEASE``,
         ``_RELEASE_BASE_URL``, ``_NAMESPACES`` (comma list; empty = all), ``_RESYNC_SECONDS``, ``_WATCH_TIMEOUT_SECONDS``,
-        ``_LIVENESS``, ``_KNATIVE_FEATURES`` (comma list of the config-features flags the cluster enables beyond
+        ``_LIVENESS``, ``_CALLER_NAMESPACES`` (comma list), ``_METRICS_PORT`` (0 = off), ``_KNATIVE_FEATURES`` (comma list of the config-features flags the cluster enables beyond
         stock Knative's), ``_KNATIVE_VERSION`` (e.g. 1.23), ``_KSERVE_MODE_NAMES`` (auto, legacy or current)."""
         env = os.environ if environ is None else environ
         default = cls()
@@ -133,6 +165,7 @@ class OperatorConfig:
 
         baked = env.get(ENV_PREFIX + "BAKED_VARIANTS")
         features = env.get(ENV_PREFIX + "KNATIVE_FEATURES")
+        callers = env.get(ENV_PREFIX + "CALLER_NAMESPACES")
         naming = get("KSERVE_MODE_NAMES", default.kserve_mode_names)
         if naming not in MODE_NAMINGS:
             raise ValueError(f"{ENV_PREFIX}KSERVE_MODE_NAMES must be one of {', '.join(MODE_NAMINGS)} (got {naming!r})")
@@ -149,4 +182,6 @@ class OperatorConfig:
             knative_features=default.knative_features | frozenset(_split(features or "")),
             knative_version=get("KNATIVE_VERSION", default.knative_version),
             kserve_mode_names=naming,
+            caller_namespaces=default.caller_namespaces if callers is None else _split(callers),
+            metrics_port=int(get("METRICS_PORT", str(default.metrics_port))),
         )

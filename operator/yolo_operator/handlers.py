@@ -14,10 +14,11 @@ from typing import Any
 
 import kopf
 
+from . import companions, manifests, validation
 from . import config as c
-from . import manifests, validation
 from .config import OperatorConfig
 from .kube import Kube, api_client
+from .metrics import operator_metrics
 
 VALID, READY, PROGRESSING = "Valid", "Ready", "Progressing"
 
@@ -91,6 +92,79 @@ def _comparable(status: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+# ----- events -----------------------------------------------------------------------------------------
+def post_normal(body: Mapping[str, Any], reason: str, message: str) -> None:
+    """A Normal event about the detector (kopf posts it; outside a running operator, e.g. in unit tests, none).
+    ``kopf.event``, not ``kopf.info``: the latter obeys ``posting.level`` (WARNING here, so that kopf's own log lines
+    do not become events) and would drop it."""
+    try:
+        kopf.event(dict(body), type="Normal", reason=reason, message=message)
+    except LookupError:  # no kopf event queue in this context
+        pass
+
+
+# ----- companions: PodMonitor, PodDisruptionBudget, NetworkPolicy ---------------------------------------
+def cluster_problems(kube: Kube, spec: manifests.Spec) -> list[validation.Problem]:
+    """What only the cluster can tell about a spec: KEDA must be installed for queue-depth autoscaling (KServe's
+    KEDA reconciler creates a keda.sh ScaledObject)."""
+    if (spec.get("autoscaling") or {}).get("queueDepth") and not kube.api_group_served(c.KEDA_GROUP):
+        return [validation.Problem("autoscaling.queueDepth", "needs KEDA, and this cluster does not serve "
+                                                             f"{c.KEDA_GROUP} (see docs/install.md)")]
+    return []
+
+
+def desired_companions(kube: Kube, config: OperatorConfig, body: Mapping[str, Any], spec: manifests.Spec,
+                       ) -> list[tuple[companions.Kind, str, dict[str, Any] | None]]:
+    """``(kind, name, desired object or None = must not exist)`` for each companion kind the cluster serves."""
+    meta = body["metadata"]
+    name, namespace = meta["name"], meta["namespace"]
+    out: list[tuple[companions.Kind, str, dict[str, Any] | None]] = []
+    pdb_versions = [v for v in c.PDB_VERSIONS if v in kube.served_versions(c.POLICY_GROUP)]
+    if pdb_versions:
+        out.append((companions.pdb_kind(pdb_versions[0]), name,
+                    companions.disruption_budget(name, namespace, spec, pdb_versions[0])))
+    out.append((companions.NETWORK_POLICY, name, companions.network_policy(name, namespace, spec, config)))
+    if c.MONITORING_VERSION in kube.served_versions(c.MONITORING_GROUP):  # skipped cleanly when absent
+        out.append((companions.POD_MONITOR, name, companions.pod_monitor(name, namespace, spec)))
+    return out
+
+
+def apply_companions(kube: Kube, config: OperatorConfig, body: Mapping[str, Any], spec: manifests.Spec,
+                     logger: logging.Logger | logging.LoggerAdapter) -> None:
+    """Create, patch or delete each companion so that it matches the spec; each is owned by the detector."""
+    namespace, uid = body["metadata"]["namespace"], body["metadata"]["uid"]
+    for kind, detector, desired in desired_companions(kube, config, body, spec):
+        object_name = f"{detector}-predictor"
+        live = kube.get_object(kind, namespace, object_name)
+        if live is not None and not _owned_by(live, uid):
+            logger.warning(f"{kind.kind} {namespace}/{object_name} exists and does not belong to this detector: "
+                           "left as it is")
+            continue
+        if desired is None:
+            if live is not None:
+                kube.delete_object(kind, namespace, object_name)
+                post_normal(body, "Deleted", f"{kind.kind} {object_name} deleted (no longer asked for)")
+            continue
+        kopf.append_owner_reference(desired, owner=body)  # type: ignore[arg-type]
+        if live is None:
+            if kube.create_object(kind, desired) is not None:  # None: a concurrent reconcile was first
+                post_normal(body, "Created", f"{kind.kind} {object_name} created")
+        elif manifests.differs({"metadata": {"labels": desired["metadata"]["labels"]}, "spec": desired["spec"]}, live) \
+                or _spec_has_extra(desired["spec"], live.get("spec") or {}):
+            kube.patch_object(kind, namespace, object_name, {
+                "metadata": {"labels": desired["metadata"]["labels"],
+                             "ownerReferences": desired["metadata"]["ownerReferences"]},
+                "spec": {**dict.fromkeys(live.get("spec") or {}), **desired["spec"]}})
+            post_normal(body, "Updated", f"{kind.kind} {object_name} updated to match the spec")
+
+
+def _spec_has_extra(desired: Mapping[str, Any], live: Mapping[str, Any]) -> bool:
+    """Whether the live spec has a top-level field the desired one lacks (a manual addition to undo). The API server
+    defaults no top-level spec field of these kinds that we leave out (a NetworkPolicy's policyTypes we write), so
+    idle resyncs patch nothing (tests/cluster/test_production.py checks it)."""
+    return any(key not in desired for key in live)
+
+
 # ----- reconcile -------------------------------------------------------------------------------------
 def _owned_by(obj: Mapping[str, Any], uid: str) -> bool:
     return any(ref.get("uid") == uid for ref in (obj.get("metadata") or {}).get("ownerReferences") or [])
@@ -98,7 +172,7 @@ def _owned_by(obj: Mapping[str, Any], uid: str) -> bool:
 
 def apply(kube: Kube, desired: Mapping[str, Any], live: Mapping[str, Any] | None,
           logger: logging.Logger | logging.LoggerAdapter, owner_labels: Mapping[str, str] | None = None,
-          ) -> Mapping[str, Any]:
+          owner: Mapping[str, Any] | None = None) -> Mapping[str, Any]:
     """Create ``desired``, or patch the live object where it differs. Returns the live object.
 
     Labels the operator put there and the spec dropped are removed (``manifests.stale_labels``); the deployment-mode
@@ -109,6 +183,8 @@ def apply(kube: Kube, desired: Mapping[str, Any], live: Mapping[str, Any] | None
         created = kube.create_isvc(manifests.without_nulls(desired))
         if created is not None:
             logger.info(f"created InferenceService {namespace}/{name}")
+            if owner is not None:
+                post_normal(owner, "Created", f"InferenceService {name} created")
             return created
         live = kube.get_isvc(namespace, name)  # 409: it exists after all
         if live is None:
@@ -126,7 +202,10 @@ def apply(kube: Kube, desired: Mapping[str, Any], live: Mapping[str, Any] | None
     if mode_change:
         annotations[c.DEPLOYMENT_MODE_ANNOTATION] = meta["annotations"][c.DEPLOYMENT_MODE_ANNOTATION]
     logger.info(f"patching InferenceService {namespace}/{name} to match the YoloDetector")
-    return kube.patch_isvc(namespace, name, patch)
+    patched = kube.patch_isvc(namespace, name, patch)
+    if owner is not None:
+        post_normal(owner, "Updated", f"InferenceService {name} updated to match the spec (rollout started)")
+    return patched
 
 
 def reconcile(kube: Kube, config: OperatorConfig, body: Mapping[str, Any],
@@ -148,6 +227,8 @@ def reconcile(kube: Kube, config: OperatorConfig, body: Mapping[str, Any],
 
     live = kube.get_isvc(namespace, name)
     problems = validation.validate(name, spec, config, namespace=namespace, live=live)
+    if not validation.errors(problems):
+        problems += cluster_problems(kube, spec)
     errors, warnings = validation.errors(problems), validation.warnings(problems)
     status: dict[str, Any] = {"observedGeneration": meta.get("generation"), "inferenceService": name}
     failure: kopf.PermanentError | kopf.TemporaryError | None = None
@@ -170,13 +251,22 @@ def reconcile(kube: Kube, config: OperatorConfig, body: Mapping[str, Any],
             # to the pod template (a relabelled detector would restart its pods)
             kopf.append_owner_reference(desired, owner=body)  # type: ignore[arg-type]
             try:
-                live = apply(kube, desired, live, logger, owner_labels=meta.get("labels") or {})
+                live = apply(kube, desired, live, logger, owner_labels=meta.get("labels") or {}, owner=body)
                 ready = _observe(kube, live, spec, previous)
             except (kopf.PermanentError, kopf.TemporaryError) as error:
                 ready = condition(READY, "False", "ApplyFailed", str(error), previous)
                 failure = error
+            else:
+                try:  # a companion that fails leaves the InferenceService's account alone: logged, retried
+                    apply_companions(kube, config, body, spec, logger)
+                except (kopf.PermanentError, kopf.TemporaryError) as error:
+                    logger.warning(f"{error} (retried)")
+                    failure = kopf.TemporaryError(str(error), delay=30)
 
     status["conditions"] = [valid, ready, progressing_condition(ready, previous)]
+    before = next((p for p in previous if p.get("type") == READY), {})
+    if ready["status"] == "True" and before.get("status") != "True":
+        post_normal(body, "RolloutComplete", f"InferenceService {name} is Ready (generation {meta.get('generation')})")
     status["url"] = ((live or {}).get("status") or {}).get("url") or None  # None deletes a stale URL
     if _comparable(status) != _comparable({k: old_status.get(k) for k in status}):
         if errors and valid["lastTransitionTime"] != (next((p for p in previous if p.get("type") == VALID), {})
@@ -222,13 +312,38 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.
     settings.networking.error_backoffs = (1, 1, 2, 3, *([5] * 60))
     settings.execution.max_workers = 8
     memo.kube = Kube(api_client())
+    if memo.config.metrics_port:
+        try:
+            operator_metrics().serve(memo.config.metrics_port)
+        except OSError as error:  # a taken port must not stop the operator: it still reconciles
+            logger.warning(f"cannot serve /metrics on port {memo.config.metrics_port}: {error}")
     logger.info(f"yolo-v7 operator: image {memo.config.image}, namespaces "
                 f"{','.join(memo.config.namespaces) or '(all)'}")
 
 
 def on_detector(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
     """A YoloDetector was created, changed, found at startup, or is due for a resync."""
-    reconcile(memo.kube, memo.config, body, logger)
+    measured_reconcile(memo.kube, memo.config, body, logger)
+
+
+def measured_reconcile(kube: Kube, config: OperatorConfig, body: Mapping[str, Any],
+                       logger: logging.Logger | logging.LoggerAdapter) -> dict[str, Any]:
+    """``reconcile``, counted and timed in the operator's metrics."""
+    metrics = operator_metrics()
+    with metrics.duration.time():
+        try:
+            status = reconcile(kube, config, body, logger)
+        except kopf.TemporaryError as error:
+            metrics.reconciles.labels("retry").inc()
+            metrics.errors.labels(type(error).__name__).inc()
+            raise
+        except Exception as error:
+            metrics.reconciles.labels("error").inc()
+            metrics.errors.labels(type(error).__name__).inc()
+            raise
+    valid = next((cond for cond in status.get("conditions") or [] if cond.get("type") == VALID), {})
+    metrics.reconciles.labels("invalid" if valid.get("status") == "False" else "ok").inc()
+    return status
 
 
 def on_inference_service(event: Mapping[str, Any], body: kopf.Body, name: str, namespace: str, memo: kopf.Memo,
@@ -239,7 +354,7 @@ def on_inference_service(event: Mapping[str, Any], body: kopf.Body, name: str, n
     if detector is None:
         return
     try:
-        reconcile(memo.kube, memo.config, detector, logger)
+        measured_reconcile(memo.kube, memo.config, detector, logger)
     except (kopf.TemporaryError, kopf.PermanentError) as error:
         logger.warning(f"YoloDetector {namespace}/{owner}: {error} (the resync timer retries)")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -20,6 +21,7 @@ from kubernetes.client.exceptions import ApiException
 from . import config as c
 
 RETRY_DELAY = 5.0
+DISCOVERY_TTL = 5.0  # seconds a discovery answer is reused
 REQUEST_TIMEOUT = (5.0, 15.0)  # connect, read: a restarting API server must not hang a worker thread
 
 
@@ -61,13 +63,22 @@ class Kube:
         self.custom = client.CustomObjectsApi(api)
         self.apis = client.ApisApi(api)
         self.core = client.CoreV1Api(api)
+        self._discovered: tuple[float, dict[str, list[str]]] | None = None
 
     # ----- what the cluster tells about an InferenceService beyond its status ----------------------------
     def api_group_served(self, group: str) -> bool:
         """Whether the API server serves ``group`` (discovery, open to every authenticated user)."""
-        with _classified("discover API groups"):
-            found = self.apis.get_api_versions(_request_timeout=REQUEST_TIMEOUT)
-        return any(item.name == group for item in found.groups or [])
+        return bool(self.served_versions(group))
+
+    def served_versions(self, group: str) -> list[str]:
+        """The versions of ``group`` the API server serves ([] = not at all). One discovery request serves every
+        question for ``DISCOVERY_TTL`` seconds (a reconcile asks about several groups)."""
+        now = time.monotonic()
+        if self._discovered is None or now - self._discovered[0] > DISCOVERY_TTL:
+            with _classified("discover API groups"):
+                found = self.apis.get_api_versions(_request_timeout=REQUEST_TIMEOUT)
+            self._discovered = (now, {item.name: [v.version for v in item.versions or []] for item in found.groups or []})
+        return list(self._discovered[1].get(group, []))
 
     def latest_warning(self, namespace: str, name: str) -> str:
         """KServe's latest Warning event about the InferenceService ('' for none, or without the RBAC to read)."""
@@ -107,6 +118,37 @@ class Kube:
         with _classified(f"patch InferenceService {namespace}/{name}"):
             return self.custom.patch_namespaced_custom_object(
                 c.ISVC_GROUP, c.ISVC_VERSION, namespace, c.ISVC_PLURAL, name, dict(patch), _request_timeout=REQUEST_TIMEOUT)
+
+    # ----- companions: PodMonitor, PodDisruptionBudget, NetworkPolicy (any group, by REST path) ----------------
+    def get_object(self, kind: Any, namespace: str, name: str) -> dict[str, Any] | None:
+        return self._get_or_none(kind.group, kind.version, kind.plural, namespace, name)
+
+    def create_object(self, kind: Any, body: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Create; None when it already exists (409: a concurrent reconcile, e.g. on the InferenceService's event)."""
+        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        with _classified(f"create {kind.kind} {namespace}/{name}"):
+            try:
+                return self.custom.create_namespaced_custom_object(
+                    kind.group, kind.version, namespace, kind.plural, dict(body), _request_timeout=REQUEST_TIMEOUT)
+            except ApiException as error:
+                if error.status == 409:
+                    return None
+                raise
+
+    def patch_object(self, kind: Any, namespace: str, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:
+        """JSON merge patch (None values delete fields)."""
+        with _classified(f"patch {kind.kind} {namespace}/{name}"):
+            return self.custom.patch_namespaced_custom_object(
+                kind.group, kind.version, namespace, kind.plural, name, dict(patch), _request_timeout=REQUEST_TIMEOUT)
+
+    def delete_object(self, kind: Any, namespace: str, name: str) -> None:
+        with _classified(f"delete {kind.kind} {namespace}/{name}"):
+            try:
+                self.custom.delete_namespaced_custom_object(kind.group, kind.version, namespace, kind.plural, name,
+                                                            _request_timeout=REQUEST_TIMEOUT)
+            except ApiException as error:
+                if error.status != 404:
+                    raise
 
     # ----- YoloDetectors ----------------------------------------------------------------------------
     def get_detector(self, namespace: str, name: str) -> dict[str, Any] | None:

@@ -37,6 +37,8 @@ SPEC_DEFAULTS: dict[str, Any] = {
     "resources": {"gpu": 0, "gpuResourceName": c.DEFAULT_GPU_RESOURCE, "cpu": "2", "memory": "4Gi"},
     "replicas": {"min": 1, "max": 1},
     "deploymentMode": "RawDeployment",
+    "monitoring": {"podMonitor": True, "interval": "30s"},
+    "access": {"networkPolicy": True},
 }
 
 
@@ -158,6 +160,7 @@ def predictor_settings(spec: Mapping[str, Any], config: OperatorConfig) -> Predi
         max_images_per_request=int(limits["maxImagesPerRequest"]),
         max_queued_images=int(limits["maxQueuedImages"]),
         workers=int(spec["workers"]),
+        auth_token_file=f"{c.AUTH_TOKEN_DIR}/{token['key']}" if (token := token_secret(spec)) else "",
     )
 
 
@@ -238,6 +241,10 @@ def predictor_container(name: str, spec: Mapping[str, Any], config: OperatorConf
         # KServe's documented way for a custom container: its storage initializer downloads STORAGE_URI
         # to /mnt/models before the container starts.
         env.append({"name": "STORAGE_URI", "value": source["storageUri"]})
+    mounts = [{"name": "tmp", "mountPath": "/tmp"}]
+    token = token_secret(spec)
+    if token:  # the predictor reads the bearer token from this file (--auth_token_file, predictor/auth.py)
+        mounts.append({"name": c.AUTH_VOLUME, "mountPath": c.AUTH_TOKEN_DIR, "readOnly": True})
     container: dict[str, Any] = {
         "name": c.CONTAINER_NAME,
         "image": spec.get("image") or config.image,
@@ -248,7 +255,7 @@ def predictor_container(name: str, spec: Mapping[str, Any], config: OperatorConf
         "resources": container_resources(spec),
         **container_probes(serverless, config),
         "securityContext": container_security_context(),
-        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+        "volumeMounts": mounts,
     }
     if config.image_pull_policy:
         container["imagePullPolicy"] = config.image_pull_policy
@@ -261,7 +268,43 @@ def predictor_container(name: str, spec: Mapping[str, Any], config: OperatorConf
 OWNED_PREDICTOR_FIELDS: tuple[str, ...] = (
     "containers", "volumes", "securityContext", "minReplicas", "maxReplicas", "scaleMetric", "scaleTarget",
     "canaryTrafficPercent", "nodeSelector", "tolerations", "serviceAccountName", "deploymentStrategy",
+    # issue 16: scheduling, pull secrets, queue-depth autoscaling (KServe's autoScaling, component.go:102-104)
+    "affinity", "topologySpreadConstraints", "priorityClassName", "runtimeClassName", "imagePullSecrets",
+    "autoScaling",
 )
+# Pod-spec fields passed through from the spec as they are (validated by the API server on the pods, and by
+# Knative's field mask when Serverless: validation._check_mode).
+SCHEDULING_FIELDS: tuple[str, ...] = (
+    "affinity", "topologySpreadConstraints", "priorityClassName", "runtimeClassName", "imagePullSecrets")
+
+
+def token_secret(spec: Mapping[str, Any]) -> dict[str, str] | None:
+    """``access.tokenSecret`` as ``{"name", "key"}`` (key default ``token``), or None when there is none."""
+    secret = (normalise(spec).get("access") or {}).get("tokenSecret") or {}
+    if not secret.get("name"):
+        return None
+    return {"name": str(secret["name"]), "key": str(secret.get("key") or "token")}
+
+
+def queue_depth_query(name: str, namespace: str) -> str:
+    """The PromQL KEDA runs for ``autoscaling.queueDepth``: images admitted now (decoding, queued or in a batch) over
+    all the detector's predictor pods. KEDA divides it by the replica count and compares with the target (its
+    default metric type for a trigger is AverageValue; KServe sets no other for External metrics)."""
+    return (f'sum(yolo_images_in_flight{{namespace="{namespace}",'
+            f'{c.ISVC_POD_LABEL.replace(".", "_").replace("/", "_")}="{name}"}})')
+
+
+def keda_autoscaling(name: str, namespace: str, spec: Mapping[str, Any]) -> dict[str, Any] | None:
+    """KServe's ``autoScaling`` for ``autoscaling.queueDepth``: one External metric, backend prometheus
+    (component.go:134-170, 203-214, 279-292), target type Value as the KEDA validation wants it
+    (inference_service_validation.go:600-612). None when the spec does not scale on queue depth."""
+    depth = (normalise(spec).get("autoscaling") or {}).get("queueDepth")
+    if not depth:
+        return None
+    metric = {"backend": "prometheus", "serverAddress": str(depth["serverAddress"]),
+              "query": str(depth.get("query") or queue_depth_query(name, namespace))}
+    return {"metrics": [{"type": "External", "external": {
+        "metric": metric, "target": {"type": "Value", "value": str(int(depth.get("target") or 16))}}}]}
 
 
 def deployment_strategy(spec: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -278,8 +321,9 @@ def deployment_strategy(spec: Mapping[str, Any]) -> dict[str, Any] | None:
     return {"type": "RollingUpdate", **({"rollingUpdate": rolling} if rolling else {})}
 
 
-def predictor_spec(name: str, spec: Mapping[str, Any], config: OperatorConfig) -> dict[str, Any]:
-    """``spec.predictor`` of the InferenceService (owned fields only; unset ones are None)."""
+def predictor_spec(name: str, spec: Mapping[str, Any], config: OperatorConfig, namespace: str = "") -> dict[str, Any]:
+    """``spec.predictor`` of the InferenceService (owned fields only; unset ones are None). ``namespace``: the
+    detector's (the default queue-depth query selects on it)."""
     spec = normalise(spec)
     autoscaling = spec.get("autoscaling") or {}
     rollout = spec.get("rollout") or {}
@@ -303,6 +347,14 @@ def predictor_spec(name: str, spec: Mapping[str, Any], config: OperatorConfig) -
     if spec.get("serviceAccountName"):
         predictor["serviceAccountName"] = spec["serviceAccountName"]
     predictor["deploymentStrategy"] = deployment_strategy(spec)
+    for key in SCHEDULING_FIELDS:
+        if spec.get(key):
+            predictor[key] = copy.deepcopy(spec[key])
+    predictor["autoScaling"] = keda_autoscaling(name, namespace, spec)
+    token = token_secret(spec)
+    if token:
+        predictor["volumes"].append({"name": c.AUTH_VOLUME, "secret": {
+            "secretName": token["name"], "items": [{"key": token["key"], "path": token["key"]}]}})
     return predictor
 
 
@@ -326,6 +378,12 @@ def annotations(spec: Mapping[str, Any], mode: str | None = None) -> dict[str, s
     out: dict[str, str | None] = {str(k): str(v) for k, v in (spec.get("annotations") or {}).items()}
     out[c.DEPLOYMENT_MODE_ANNOTATION] = mode or spec["deploymentMode"]
     out[c.USER_LABELS_ANNOTATION] = ",".join(sorted(str(k) for k in spec.get("labels") or {})) or None
+    # queue-depth autoscaling: KServe's KEDA class (constants.go:118, 253); None removes it when dropped
+    queue_depth = (spec.get("autoscaling") or {}).get("queueDepth")
+    if queue_depth:
+        out[c.AUTOSCALER_CLASS_ANNOTATION] = c.AUTOSCALER_CLASS_KEDA
+    else:  # the user's own class (e.g. external), else none: a KEDA class left from queueDepth is removed
+        out.setdefault(c.AUTOSCALER_CLASS_ANNOTATION, None)
     return out
 
 
@@ -344,7 +402,7 @@ def build_inference_service(
             "labels": labels(name, spec, config),
             "annotations": annotations(spec, mode_name(spec["deploymentMode"], live, config)),
         },
-        "spec": {"predictor": predictor_spec(name, spec, config)},
+        "spec": {"predictor": predictor_spec(name, spec, config, namespace)},
     }
 
 

@@ -40,6 +40,7 @@ DNS_LABEL_MAX = 63
 PREDICTOR_SUFFIX = "-predictor"
 RESERVED_LABELS = (c.MANAGED_BY_LABEL, c.DETECTOR_LABEL, c.VARIANT_LABEL)
 RESERVED_ANNOTATIONS = (c.DEPLOYMENT_MODE_ANNOTATION, c.USER_LABELS_ANNOTATION)
+_SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")  # a Secret's data key (Kubernetes' IsConfigMapKey)
 
 
 @dataclass(frozen=True)
@@ -283,4 +284,41 @@ def validate(
     problems.extend(_check_map("labels", raw.get("labels"), RESERVED_LABELS, check_values=True))
     problems.extend(_check_map("annotations", raw.get("annotations"), RESERVED_ANNOTATIONS, check_values=False))
     problems.extend(_check_map("nodeSelector", raw.get("nodeSelector"), (), check_values=True))
+    problems.extend(_check_production(spec, serverless))
+    return problems
+
+
+def _check_production(spec: Mapping[str, Any], serverless: bool) -> list[Problem]:
+    """Queue-depth autoscaling, monitoring and access (issue 16)."""
+    problems: list[Problem] = []
+    autoscaling = spec.get("autoscaling") or {}
+    depth = autoscaling.get("queueDepth")
+    if depth:
+        if serverless:  # KEDA is a Standard-mode autoscaler class (V:446-466); Knative scales with its KPA
+            problems.append(Problem("autoscaling.queueDepth", f"needs deploymentMode RawDeployment/Standard (KServe's "
+                                                              f"KEDA autoscaling); {spec['deploymentMode']} scales on "
+                                                              "concurrency, Knative's own in-flight request count"))
+        if c.AUTOSCALER_CLASS_ANNOTATION in (spec.get("annotations") or {}):
+            problems.append(Problem("annotations", f"{c.AUTOSCALER_CLASS_ANNOTATION} is set by the operator for "
+                                                   "autoscaling.queueDepth (keda): remove it"))
+        if autoscaling.get("metric") or autoscaling.get("target") is not None:  # V:569-571
+            problems.append(Problem("autoscaling", "metric/target and queueDepth exclude each other (KServe refuses "
+                                                   "scaleMetric with KEDA)"))
+        low, high = spec["replicas"].get("min"), spec["replicas"].get("max")
+        if _is_int(low) and _is_int(high) and high <= low:
+            problems.append(Problem("autoscaling.queueDepth", f"replicas.max ({high}) <= replicas.min ({low}): "
+                                                              "there is nothing to scale", WARNING))
+        if not depth.get("query") and not spec["monitoring"].get("podMonitor"):
+            problems.append(Problem("autoscaling.queueDepth", "the default query reads what the detector's "
+                                                              "PodMonitor scrapes, and monitoring.podMonitor is off",
+                                    WARNING))
+    token = (spec.get("access") or {}).get("tokenSecret") or {}
+    key = token.get("key")
+    if key is not None and not _SECRET_KEY.match(str(key)):
+        problems.append(Problem("access.tokenSecret.key", f"{key!r} is not a Secret key ([-._a-zA-Z0-9]+)"))
+    for i, namespace in enumerate((spec.get("access") or {}).get("namespaces") or []):
+        if not re.match(rf"^{_DNS_LABEL}$", str(namespace)):
+            problems.append(Problem(f"access.namespaces[{i}]", f"{namespace!r} is not a namespace name"))
+    problems.extend(_check_map("access.podLabels", (spec.get("access") or {}).get("podLabels"), (),
+                               check_values=True))
     return problems

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.cluster.helpers import wait_for
 from tests.tools.restricted import assert_restricted_v2, pod_specs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -188,6 +189,14 @@ FORBIDDEN_RESOURCES = {"secrets", "pods", "deployments", "*", "roles", "rolebind
                        "clusterrolebindings", "serviceaccounts", "configmaps"}
 
 
+# What the operator may delete: only the companions it owns and removes when the spec no longer asks for them.
+DELETABLE = {"poddisruptionbudgets", "networkpolicies", "podmonitors"}
+
+
+def _aggregated(role: dict) -> bool:
+    return any(key.startswith("rbac.authorization.k8s.io/aggregate-to-") for key in role["metadata"]["labels"])
+
+
 @pytest.mark.parametrize(("name", "args"), VARIANTS, ids=VARIANT_IDS)
 def test_rbac_rules_are_least_privilege(name, args):
     docs = render(*args)
@@ -195,13 +204,21 @@ def test_rbac_rules_are_least_privilege(name, args):
         for rule in role["rules"]:
             assert not set(rule["resources"]) & FORBIDDEN_RESOURCES, (role["metadata"]["name"], rule)
             assert "*" not in rule["verbs"] and "*" not in rule["apiGroups"]
-            assert "delete" not in rule["verbs"] and "deletecollection" not in rule["verbs"]
+            if ("delete" in rule["verbs"] or "deletecollection" in rule["verbs"]) and not _aggregated(role):
+                assert set(rule["resources"]) <= DELETABLE, (role["metadata"]["name"], rule)
             assert "escalate" not in rule["verbs"] and "bind" not in rule["verbs"]
             if role["kind"] == "ClusterRole" and role["metadata"]["name"].endswith("-discovery"):
                 assert set(rule["verbs"]) <= {"list", "watch"}  # cluster-scoped reads only
+    # the roles for project users: YoloDetectors only, never their status (the operator's)
+    for role in filter(_aggregated, by_kind(docs, "ClusterRole")):
+        for rule in role["rules"]:
+            assert rule["apiGroups"] == ["detection.yolo-v7.io"], rule
+            writes = set(rule["verbs"]) - {"get", "list", "watch"}
+            assert not writes or rule["resources"] == ["yolodetectors"], rule
     cluster_wide = any("cluster-wide" in a for a in args)
     namespaced_roles = by_kind(docs, "Role")
-    writable_cluster_roles = [r for r in by_kind(docs, "ClusterRole") if not r["metadata"]["name"].endswith("-discovery")]
+    writable_cluster_roles = [r for r in by_kind(docs, "ClusterRole")
+                              if not r["metadata"]["name"].endswith("-discovery") and not _aggregated(r)]
     if cluster_wide:
         assert not namespaced_roles and len(writable_cluster_roles) == 1
     else:
@@ -211,6 +228,30 @@ def test_rbac_rules_are_least_privilege(name, args):
         assert namespaces == expected
         bindings = by_kind(docs, "RoleBinding")
         assert sorted(b["metadata"]["namespace"] for b in bindings) == expected
+
+
+def test_operator_metrics_network_policy_and_pod_monitor():
+    docs = render()
+    (deployment,) = by_kind(docs, "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    env = _operator_env(deployment)
+    assert env["YOLO_OPERATOR_METRICS_PORT"] == "8081"
+    assert {"name": "metrics", "containerPort": 8081, "protocol": "TCP"} in container["ports"]
+    assert env["YOLO_OPERATOR_CALLER_NAMESPACES"].split(",")[:2] == ["istio-system", "knative-serving"]
+    assert not by_kind(docs, "PodMonitor")  # off by default: the CRD may not exist
+    (policy,) = by_kind(docs, "NetworkPolicy")
+    assert policy["spec"]["podSelector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    health, metrics = policy["spec"]["ingress"]
+    assert health == {"ports": [{"port": 8080, "protocol": "TCP"}]}  # probes and the helm test pod
+    assert metrics["ports"] == [{"port": 8081, "protocol": "TCP"}] and {"podSelector": {}} in metrics["from"]
+    (monitor,) = by_kind(render("--set", "metrics.podMonitor.enabled=true", "--set",
+                                "metrics.podMonitor.labels.release=prom"), "PodMonitor")
+    assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+    assert monitor["metadata"]["labels"]["release"] == "prom"
+    off = render("--set", "metrics.port=0", "--set", "metrics.podMonitor.enabled=true",
+                 "--set", "networkPolicy.enabled=false")
+    assert not by_kind(off, "PodMonitor") and not by_kind(off, "NetworkPolicy")
+    assert _operator_env(by_kind(off, "Deployment")[0])["YOLO_OPERATOR_METRICS_PORT"] == "0"
 
 
 def test_sample_is_off_by_default_and_renders_when_enabled():
@@ -235,6 +276,13 @@ def test_helm_test_pod_runs_the_chart_script():
     assert container["image"] == "quay.io/yolo-v7/yolo-v7-operator:1.0.0"  # python is in the operator image
     env = {e["name"]: e["value"] for e in container["env"]}
     assert env["HEALTHZ_URL"] == "http://yolo-yolo-v7.yolo-system.svc:8080/healthz"
+    # its own ServiceAccount, bound to nothing (not the operator's, which can write InferenceServices)
+    assert pod["spec"]["serviceAccountName"] == "yolo-yolo-v7-test"
+    accounts = {sa["metadata"]["name"] for sa in by_kind(render(), "ServiceAccount")}
+    assert accounts == {"yolo-yolo-v7", "yolo-yolo-v7-test"}
+    bound = {subject["name"] for kind in ("RoleBinding", "ClusterRoleBinding") for b in by_kind(render(), kind)
+             for subject in b["subjects"]}
+    assert "yolo-yolo-v7-test" not in bound
     (service,) = by_kind(render(), "Service")
     assert service["metadata"]["name"] == "yolo-yolo-v7" and service["spec"]["ports"][0]["port"] == 8080
 
@@ -368,6 +416,7 @@ def test_rendered_chart_passes_server_side_dry_run(crd_installed, team_namespace
     out = helm("template", release, str(CHART), "--namespace", namespace, "--include-crds", *args).stdout
     # Pods are admitted only when their ServiceAccount exists, which a dry run never creates: make it first.
     kube.kubectl("create", "serviceaccount", f"{release}-yolo-v7", "-n", namespace)
+    kube.kubectl("create", "serviceaccount", f"{release}-yolo-v7-test", "-n", namespace)  # the helm test pod's
     # no -n: every namespaced object the chart renders names its namespace itself
     proc = kube.kubectl("apply", "--dry-run=server", "-f", "-", input=out, check=False)
     assert proc.returncode == 0, proc.stderr
@@ -411,15 +460,29 @@ def _can_i(kube, namespace: str, sa: str, verb: str, resource: str, where: str, 
     return bool(json.loads(out)["status"].get("allowed"))
 
 
+def _user_can(kube, user: str, verb: str, resource: str, namespace: str, subresource: str = "") -> bool:
+    """``kubectl auth can-i`` as a plain user (a project member bound to a default role)."""
+    args = ["auth", "can-i", verb, resource, f"--as={user}", "-n", namespace]
+    if subresource:
+        args.append(f"--subresource={subresource}")
+    answer = kube.kubectl(*args, check=False).stdout.strip()
+    assert answer in ("yes", "no"), args
+    return answer == "yes"
+
+
 ALLOWED = [
     ("list", YD, ""), ("watch", YD, ""), ("get", YD, ""), ("patch", YD, ""), ("patch", YD, "status"),
     ("update", YD, "finalizers"), ("create", ISVC, ""), ("patch", ISVC, ""), ("get", ISVC, ""),
     ("watch", ISVC, ""), ("create", "events", ""), ("list", "events", ""),
+    ("create", "poddisruptionbudgets.policy", ""), ("delete", "poddisruptionbudgets.policy", ""),
+    ("patch", "networkpolicies.networking.k8s.io", ""), ("delete", "networkpolicies.networking.k8s.io", ""),
+    ("create", "podmonitors.monitoring.coreos.com", ""), ("get", "podmonitors.monitoring.coreos.com", ""),
 ]
 DENIED = [
     ("get", "secrets", ""), ("list", "secrets", ""), ("create", "deployments.apps", ""), ("create", "pods", ""),
     ("delete", YD, ""), ("delete", ISVC, ""), ("create", YD, ""), ("update", "deployments.apps", ""),
     ("create", "rolebindings.rbac.authorization.k8s.io", ""), ("get", "configmaps", ""),
+    ("list", "networkpolicies.networking.k8s.io", ""), ("delete", "services", ""),
 ]
 
 
@@ -454,6 +517,23 @@ def test_install_upgrade_uninstall(crd_installed, namespace):
         assert _can_i(kube, namespace, fullname, "list", "customresourcedefinitions.apiextensions.k8s.io", "*")
         assert not _can_i(kube, namespace, fullname, "get", "secrets", "*")
 
+        # the helm test pod's account: discovery only
+        for verb, resource, sub in ALLOWED:
+            assert not _can_i(kube, namespace, f"{fullname}-test", verb, resource, namespace, sub), ("test", verb)
+
+        # project users: the cluster's default edit/view roles now include YoloDetectors (aggregated ClusterRoles)
+        kube.kubectl("create", "rolebinding", "alice-edit", "--clusterrole=edit", "--user=alice", "-n", namespace)
+        kube.kubectl("create", "rolebinding", "bob-view", "--clusterrole=view", "--user=bob", "-n", namespace)
+        wait_for(lambda: _user_can(kube, "alice", "create", YD, namespace), timeout=30, what="edit aggregated")
+        for verb in ("get", "list", "watch", "create", "update", "patch", "delete"):
+            assert _user_can(kube, "alice", verb, YD, namespace), ("edit", verb)
+        assert not _user_can(kube, "alice", "patch", YD, namespace, "status")  # status is the operator's
+        assert not _user_can(kube, "alice", "create", YD, other)
+        wait_for(lambda: _user_can(kube, "bob", "list", YD, namespace), timeout=30, what="view aggregated")
+        assert _user_can(kube, "bob", "get", YD, namespace)
+        for verb in ("create", "patch", "delete"):
+            assert not _user_can(kube, "bob", verb, YD, namespace), ("view", verb)
+
         # upgrade: a changed value changes the Deployment
         generation = deployment["metadata"]["generation"]
         helm("upgrade", release, str(CHART), "--namespace", namespace, "--reuse-values",
@@ -481,6 +561,9 @@ def test_install_upgrade_uninstall(crd_installed, namespace):
         helm("uninstall", release, "--namespace", namespace, "--wait", "--timeout", "60s", kubeconfig=kc, check=False)
         kube.kubectl("delete", "namespace", other, "--wait=false", "--ignore-not-found", check=False)
 
+    for name in (f"{fullname}-view", f"{fullname}-edit"):
+        assert kube.kubectl("get", "clusterrole", name, check=False).returncode != 0, f"{name} left after uninstall"
+    assert kube.kubectl("get", "serviceaccount", f"{fullname}-test", "-n", namespace, check=False).returncode != 0
     for kind, ns in (("deployment", namespace), ("serviceaccount", namespace), ("service", namespace),
                      ("role", namespace), ("rolebinding", namespace), ("clusterrole", None),
                      ("clusterrolebinding", None)):

@@ -22,7 +22,6 @@ from tests.cluster.helpers import (
     Api,
     Operator,
     condition,
-    install_crd,
     pretend_kserve_marks_ready,
     wait_for,
 )
@@ -30,12 +29,6 @@ from tests.cluster.helpers import (
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
 
 CORRECTION_DEADLINE = 10.0  # "restored within seconds" (the resync timer is 300 s here: the watch does it)
-
-
-@pytest.fixture
-def api(kube) -> Api:
-    install_crd(kube)
-    return Api(kube.api_client())
 
 
 @pytest.fixture

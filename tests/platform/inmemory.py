@@ -70,6 +70,9 @@ class InMemoryKServe:
         self.detectors: dict[tuple[str, str], dict[str, Any]] = {}
         self.writes: list[tuple[str, str, Any]] = []  # (verb, name, body) of every ISVC write by the operator
         self.warnings: dict[tuple[str, str], str] = {}
+        # companions (PodMonitor, PDB, NetworkPolicy) by (plural, namespace, name); groups served beyond the core
+        self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self.groups: dict[str, list[str]] = {"policy": ["v1"], "networking.k8s.io": ["v1"], "keda.sh": ["v1alpha1"]}
 
     # --- the operator's Kube interface ---
     def get_isvc(self, namespace: str, name: str) -> dict[str, Any] | None:
@@ -106,7 +109,28 @@ class InMemoryKServe:
             detector["status"] = copy.deepcopy(dict(status))
 
     def api_group_served(self, group: str) -> bool:
-        return group != "serving.knative.dev" or self.knative_installed
+        if group == "serving.knative.dev":
+            return self.knative_installed
+        return bool(self.served_versions(group))
+
+    def served_versions(self, group: str) -> list[str]:
+        return list(self.groups.get(group, []))
+
+    def get_object(self, kind: Any, namespace: str, name: str) -> dict[str, Any] | None:
+        return copy.deepcopy(self.objects.get((kind.plural, namespace, name)))
+
+    def create_object(self, kind: Any, body: Mapping[str, Any]) -> dict[str, Any]:
+        obj = copy.deepcopy(dict(body))
+        self.objects[(kind.plural, obj["metadata"]["namespace"], obj["metadata"]["name"])] = obj
+        return copy.deepcopy(obj)
+
+    def patch_object(self, kind: Any, namespace: str, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:
+        key = (kind.plural, namespace, name)
+        self.objects[key] = merge_patch(self.objects[key], patch)
+        return copy.deepcopy(self.objects[key])
+
+    def delete_object(self, kind: Any, namespace: str, name: str) -> None:
+        self.objects.pop((kind.plural, namespace, name), None)
 
     def latest_warning(self, namespace: str, name: str) -> str:
         return self.warnings.get((namespace, name), "")

@@ -42,6 +42,8 @@ AZURE_BLOB = re.compile(r"https://(.+?).blob.core.windows.net/(.+)")  # U:52-53
 ISVC_NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")  # V:46, 55
 KPA_METRICS, HPA_METRICS = ("concurrency", "rps"), ("cpu", "memory")  # K:284-294
 DEFAULT_CPU_UTILIZATION = 80  # K:296-299
+AUTOSCALER_CLASS = "serving.kserve.io/autoscalerClass"  # K:118
+AUTOSCALER_CLASSES = ("hpa", "external", "keda", "none")  # K:277-282
 
 
 class Refused(Exception):
@@ -153,7 +155,33 @@ def validate_isvc(new: Mapping[str, Any], old: Mapping[str, Any] | None, profile
         metric = predictor.get("scaleMetric") or "concurrency"
         if metric not in KPA_METRICS:  # V:636-643
             raise Refused(f"[{metric}] is not a supported metric")
-    # Standard: checked only with an explicit autoscalerClass annotation (V:451-457), which we never set
+    autoscaler = _annotations(new).get(AUTOSCALER_CLASS)
+    if autoscaler is not None and autoscaler not in AUTOSCALER_CLASSES:  # V:477-491
+        raise Refused(f"[{autoscaler}] is not a supported autoscaler class type")
+    if effective_mode(new, profile) == "Standard" and autoscaler == "keda":  # V:451-457 -> V:569-616
+        _validate_keda(predictor)
+    # Standard with hpa: V:523-561 (metric cpu/memory, Resource metrics only), a class the operator never sets
+
+
+def _validate_keda(predictor: Mapping[str, Any]) -> None:
+    """``validateScalingKedaCompExtension`` (V:569-616) for the metric types the operator writes (External)."""
+    if predictor.get("scaleMetric") is not None:  # V:570-572
+        raise Refused("ScaleMetric is not supported for KEDA")
+    for metric in (predictor.get("autoScaling") or {}).get("metrics") or []:
+        kind = metric.get("type")
+        if kind == "External":  # V:600-612
+            external = metric.get("external")
+            if external is None:
+                raise Refused("metricSpec.External is not set for external metric source type")
+            if not (external.get("metric") or {}).get("query"):
+                raise Refused("the query should not be empty")
+            target = external.get("target") or {}
+            if target.get("value") is None:
+                raise Refused("the target threshold value should not be empty")
+            if target.get("type") == "AverageValue" and target.get("averageValue") is None:
+                raise Refused("the AverageValue type should be set")  # V:508-526
+        elif kind not in ("Resource", "PodMetric"):  # V:626-628 (Resource/PodMetric: never written by us)
+            raise Refused(f"unknown KEDA metric type with value [{kind}].Valid types are Resource,External,PodMetric")
 
 
 # ----- the controller ---------------------------------------------------------------------------------

@@ -45,7 +45,9 @@ KSERVE_CRD_FILE = "serving.kserve.io_inferenceservices.yaml"
 KSERVE_CRD_NAME = "inferenceservices.serving.kserve.io"
 KSERVE_OPENAPI_DEFINITION = "io.kserve.serving.v1beta1.InferenceService"
 SERVICE_CIDR = "10.0.0.0/24"
-DEFAULT_CONTROLLERS = ("garbagecollector", "namespace", "serviceaccount", "serviceaccount-token")
+# clusterrole-aggregation: the default view/edit/admin roles pick up aggregated ClusterRoles (the chart has some)
+DEFAULT_CONTROLLERS = ("garbagecollector", "namespace", "serviceaccount", "serviceaccount-token",
+                       "clusterrole-aggregation")
 
 
 class ClusterUnavailable(RuntimeError):

@@ -72,7 +72,8 @@ def test_example_on_profile(profile, example, doc):
     if kserve.effective_mode(isvc, profile) == "Standard":
         deployment, _, hpa = kserve.raw_objects(isvc, profile)
         assert requests_within_limits(deployment["spec"]["template"]["spec"]) == []
-        assert hpa["spec"]["metrics"], "KServe would make an HPA without any metric"
+        if isvc["metadata"]["annotations"].get(kserve.AUTOSCALER_CLASS) != "keda":  # KEDA: a ScaledObject instead
+            assert hpa["spec"]["metrics"], "KServe would make an HPA without any metric"
     else:
         features = knative.features_with(profile.knative_features)
         assert knative.check_service(kserve.knative_service(isvc, profile), features, profile.knative_minor) == []

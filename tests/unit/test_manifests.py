@@ -37,7 +37,8 @@ def test_minimal_detector_is_a_custom_kserve_predictor():
     assert isvc["metadata"]["name"] == "dets"
     assert isvc["metadata"]["namespace"] == "vision"
     assert isvc["metadata"]["annotations"] == {"serving.kserve.io/deploymentMode": "RawDeployment",
-                                               "detection.yolo-v7.io/user-labels": None}
+                                               "detection.yolo-v7.io/user-labels": None,
+                                               "serving.kserve.io/autoscalerClass": None}
     assert isvc["metadata"]["labels"] == {
         "app.kubernetes.io/managed-by": "yolo-v7-operator",
         "detection.yolo-v7.io/detector": "dets",
@@ -219,7 +220,8 @@ def test_extra_labels_and_annotations_never_override_the_operators():
     assert isvc["metadata"]["labels"]["team"] == "vision"
     assert isvc["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "yolo-v7-operator"
     assert isvc["metadata"]["annotations"] == {"owner": "ops", "serving.kserve.io/deploymentMode": "RawDeployment",
-                                               "detection.yolo-v7.io/user-labels": "app.kubernetes.io/managed-by,team"}
+                                               "detection.yolo-v7.io/user-labels": "app.kubernetes.io/managed-by,team",
+                                               "serving.kserve.io/autoscalerClass": None}
 
 
 def test_image_override_and_pull_policy():

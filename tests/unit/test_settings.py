@@ -14,7 +14,8 @@ def test_to_args_round_trips_every_option():
         weights="/models/x.pt", variant="yolov7-tiny", device="cuda:1", precision="fp16", accel="cudagraph",
         input_size=1280, conf_threshold=0.4, iou_threshold=0.6, max_detections=50, classes=("0", "person"),
         max_batch_size=32, max_batch_delay_ms=2.5, max_request_bytes=4096, max_image_pixels=1000,
-        max_images_per_request=4, max_queued_images=12, warmup=False, demo=True, workers=3, request_logs=True,
+        max_images_per_request=4, max_queued_images=12, auth_token_file="/run/token", warmup=False, demo=True,
+        workers=3, request_logs=True,
     )
     args = custom.to_args()
     assert len(args) == len(OPTIONS)

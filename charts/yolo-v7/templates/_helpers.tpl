@@ -132,6 +132,18 @@ InferenceService goes with its YoloDetector through its ownerReference and the g
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
+# What it makes beside each InferenceService, owned by the detector: a PodDisruptionBudget (replicas.min >= 2), a
+# NetworkPolicy (spec.access) and a PodMonitor (where monitoring.coreos.com is served). Read, created, patched,
+# deleted by name: no list or watch.
+- apiGroups: ["policy"]
+  resources: ["poddisruptionbudgets"]
+  verbs: ["get", "create", "patch", "delete"]
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["get", "create", "patch", "delete"]
+- apiGroups: ["monitoring.coreos.com"]
+  resources: ["podmonitors"]
+  verbs: ["get", "create", "patch", "delete"]
 {{- end }}
 
 {{/*
