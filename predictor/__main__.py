@@ -172,6 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     if run_dir is not None:
         from predictor.dataplane import serve_front_ends
 
+        tune_for_serving()
         sys.exit(serve_front_ends(model, vars(args), workers, run_dir))
     serve(args, settings, model)
 

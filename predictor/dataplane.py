@@ -28,7 +28,7 @@ import shutil
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -65,17 +65,16 @@ class _FrontEnd:
     slots: SlotFile
     process: Any = None
     conn: Connection | None = None
-    send_lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def send(self, message: Any) -> None:
-        conn = self.conn
-        if conn is None:
-            return
-        try:
-            with self.send_lock:
-                conn.send(message)
-        except (OSError, ValueError):  # the front end is gone: its requests went with it
-            pass
+
+def _send(conn: Connection, message: Any) -> None:
+    """From the event loop (the only thread that touches the pipes); a front end gone took its requests along."""
+    if conn.closed:
+        return
+    try:
+        conn.send(message)
+    except (OSError, ValueError):
+        pass
 
 
 class _Host:
@@ -123,24 +122,34 @@ class _Host:
         process.start()
         theirs.close()
         fe.process, fe.conn = process, ours
-        threading.Thread(target=self._read, args=(fe, ours), name=f"yolo-read-{fe.index}", daemon=True).start()
+        assert self.loop is not None
+        # read on the event loop itself: a reader thread would add a wake-up (a scheduling slot) per message
+        self.loop.add_reader(ours.fileno(), self._read, fe, ours)
         log.info("front end %d started (pid %d)", fe.index, process.pid)
 
     def _read(self, fe: _FrontEnd, conn: Connection) -> None:
-        assert self.loop is not None
-        while True:
-            try:
-                message = conn.recv()
-            except (EOFError, OSError):
-                return
-            self.loop.call_soon_threadsafe(self._submit, fe, message)
+        try:
+            while conn.poll():
+                self._submit(fe, conn, conn.recv())
+        except (EOFError, OSError):  # the front end is gone; _watch starts it again
+            self._forget(fe, conn)
 
-    def _submit(self, fe: _FrontEnd, message: tuple) -> None:
-        task = asyncio.get_running_loop().create_task(self._detect(fe, *message))
+    def _forget(self, fe: _FrontEnd, conn: Connection) -> None:
+        assert self.loop is not None
+        if not conn.closed:
+            self.loop.remove_reader(conn.fileno())
+            conn.close()
+        if fe.conn is conn:
+            fe.conn = None
+
+    def _submit(self, fe: _FrontEnd, conn: Connection, message: tuple) -> None:
+        task = asyncio.get_running_loop().create_task(self._detect(fe, conn, *message))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def _detect(self, fe: _FrontEnd, key: int, entries: list[tuple]) -> None:
+    async def _detect(self, fe: _FrontEnd, conn: Connection, key: int, entries: list[tuple]) -> None:
+        """One request of one front end: its slots through the shared batcher, the answer back on the pipe it
+        came from (a front end started again since gets nothing meant for its predecessor)."""
         from predictor.pipeline import PreparedImage
 
         items = [PreparedImage(params=params, letterboxed=fe.slots.slot(slot), geometry=geometry)
@@ -149,36 +158,44 @@ class _Host:
             detections = await self.model.pipeline.detect(items)
         except Exception as error:  # noqa: BLE001 - the front end answers 500 with this text
             log.exception("model process: a batch failed")
-            fe.send((key, f"{type(error).__name__}: {error}", None))
+            _send(conn, (key, f"{type(error).__name__}: {error}", None))
             return
-        fe.send((key, detections, [item.timings for item in items]))
+        _send(conn, (key, detections, [item.timings for item in items]))
 
     def _watch(self) -> None:
-        """Thread: restart a front end that exits (unless stopping); too many restarts end the process."""
-        from prometheus_client import multiprocess
-
+        """Thread: a front end that exits is started again (on the event loop), unless stopping."""
         while not self.stopping:
             time.sleep(WATCH_INTERVAL_S)
             # waitpid, not the sentinel pipe: a front end's libraries may close or reuse that descriptor
             for fe in [fe for fe in self.front_ends if fe.process is not None and not fe.process.is_alive()]:
                 if self.stopping:
                     return
-                code = fe.process.exitcode
-                multiprocess.mark_process_dead(fe.process.pid)
-                if fe.conn is not None:
-                    fe.conn.close()
-                now = time.monotonic()
-                self.restarts = [t for t in self.restarts if now - t < RESTART_WINDOW_S] + [now]
-                if len(self.restarts) > MAX_RESTARTS:
-                    log.error("front end %d exited (code %s): more than %d restarts in %.0f s; stopping",
-                              fe.index, code, MAX_RESTARTS, RESTART_WINDOW_S)
-                    self.exit_code = 1
-                    assert self.loop is not None and self.done is not None
-                    self.loop.call_soon_threadsafe(self.done.set)
-                    return
-                log.error("front end %d (pid %d) exited with code %s; starting it again", fe.index,
-                          fe.process.pid, code)
-                self.start(fe)
+                assert self.loop is not None
+                process = fe.process
+                fe.process = None
+                self.loop.call_soon_threadsafe(self._restart, fe, process)
+
+    def _restart(self, fe: _FrontEnd, process: Any) -> None:
+        """On the event loop: forget the dead front end, start it again (or stop, past the restart limit)."""
+        from prometheus_client import multiprocess
+
+        assert self.done is not None
+        if self.stopping:
+            return
+        multiprocess.mark_process_dead(process.pid)
+        if fe.conn is not None:
+            self._forget(fe, fe.conn)
+        now = time.monotonic()
+        self.restarts = [t for t in self.restarts if now - t < RESTART_WINDOW_S] + [now]
+        if len(self.restarts) > MAX_RESTARTS:
+            log.error("front end %d exited (code %s): more than %d restarts in %.0f s; stopping", fe.index,
+                      process.exitcode, MAX_RESTARTS, RESTART_WINDOW_S)
+            self.exit_code = 1
+            self.done.set()
+            return
+        log.error("front end %d (pid %d) exited with code %s; starting it again", fe.index, process.pid,
+                  process.exitcode)
+        self.start(fe)
 
     # ----- lifetime -----------------------------------------------------------------------------------
     async def serve(self) -> int:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -84,9 +83,7 @@ class ModelLink:
         """Copy the images into shared slots, hand them to the model process, await the detections. The
         slots are freed when the answer comes back (never earlier: the model process may still read them,
         even if this request was cancelled meanwhile)."""
-        if self._loop is None:
-            self._loop = asyncio.get_running_loop()
-            threading.Thread(target=self._read, name="yolo-model-link", daemon=True).start()
+        assert self._loop is not None, "watch_model() first"
         slots = await self.pool.take(len(prepared))
         for slot, item in zip(slots, prepared, strict=True):
             np.copyto(self.slots.slot(slot), item.letterboxed)
@@ -102,18 +99,18 @@ class ModelLink:
         return detections
 
     def _read(self) -> None:
-        """Thread: answers from the model process; its end (the model process died) ends this process."""
-        assert self._loop is not None
-        while True:
-            try:
-                message = self._conn.recv()
-            except (EOFError, OSError):
-                log.error("front end %d: the model process is gone; exiting", self.spec.index)
-                os._exit(EXIT_MODEL_GONE)
-            self._loop.call_soon_threadsafe(self._answer, *message)
+        """On the event loop: answers from the model process; the pipe's end (the model process died) ends
+        this process at once: no request may wait for an answer that cannot come."""
+        try:
+            while self._conn.poll():
+                self._answer(*self._conn.recv())
+        except (EOFError, OSError):
+            log.error("front end %d: the model process is gone; exiting", self.spec.index)
+            os._exit(EXIT_MODEL_GONE)
 
     def _answer(self, key: int, detections: Any, timings: Any) -> None:
-        future, slots = self._waiting.pop(key)
+        future, slots = self._waiting.pop(key)  # every key sent is answered once
+        assert self._loop is not None
         self._loop.create_task(self.pool.give(slots))
         if future.done():
             return
@@ -123,11 +120,9 @@ class ModelLink:
             future.set_result((detections, timings))
 
     def watch_model(self) -> None:
-        """Exit as soon as the model process goes away, even while idle (start the reader now)."""
-        loop = asyncio.get_running_loop()
-        if self._loop is None:
-            self._loop = loop
-            threading.Thread(target=self._read, name="yolo-model-link", daemon=True).start()
+        """Start reading the pipe on the running event loop (called once the server's loop runs)."""
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self._conn.fileno(), self._read)
 
 
 def run_front_end(spec: Any) -> None:
