@@ -263,6 +263,7 @@ def _front_end_server(front_end: Any) -> type:
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # accepted connections inherit it
             sock.bind(("0.0.0.0", self.http_port))
             self.servers[0].close()  # RESTServer.start(), replaced by the same with our socket
             rest.create_application()
