@@ -250,21 +250,30 @@ def serve(args: argparse.Namespace, settings: Any, model: Any, *, front_end: Any
     server.start([model])
 
 
-def _front_end_server(front_end: Any) -> type:
-    """KServe's ModelServer, with its REST server on a SO_REUSEPORT socket shared by every front end."""
+def shared_listening_socket(port: int) -> Any:
+    """The REST socket of one front end: ``SO_REUSEPORT`` (every front end binds the same port; the kernel
+    spreads the connections) and ``TCP_NODELAY``, which accepted connections inherit — without it Nagle's
+    algorithm and the client's delayed ACK held each small response back 40 ms (measured: 52 → 8 ms p50 at
+    concurrency 1)."""
     import socket
 
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.bind(("0.0.0.0", port))
+    return sock
+
+
+def _front_end_server(front_end: Any) -> type:
+    """KServe's ModelServer, with its REST server on a SO_REUSEPORT socket shared by every front end."""
     import kserve
 
     class FrontEndServer(kserve.ModelServer):
         async def _serve(self) -> None:
             front_end.watch_model()
             rest = self._rest_server
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # accepted connections inherit it
-            sock.bind(("0.0.0.0", self.http_port))
+            sock = shared_listening_socket(self.http_port)
             self.servers[0].close()  # RESTServer.start(), replaced by the same with our socket
             rest.create_application()
             self.servers[0] = rest._server.serve(sockets=[sock])

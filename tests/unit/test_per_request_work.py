@@ -1,4 +1,4 @@
-"""With request logs off, KServe's per-request log work is gone: the gRPC call log, the REST timing middleware."""
+"""Per-request work: KServe's request-log work dropped when logs are off; the front ends' shared REST socket."""
 
 from __future__ import annotations
 
@@ -33,3 +33,25 @@ def test_request_log_work_is_dropped_unless_an_access_log_is_asked_for(monkeypat
     rest_server.RESTServer._add_middlewares(types.SimpleNamespace(access_log_format="%(h)s"), FastAPI())
     assert calls == ["%(h)s"]  # an access log asked for: KServe's own middleware (asgi-logger) is kept
     assert grpc_server.LoggingInterceptor is _QuietLoggingInterceptor
+
+
+def test_front_end_socket_shares_the_port_and_sends_at_once():
+    """Two front ends bind one port (SO_REUSEPORT); connections accepted on it have TCP_NODELAY (inherited
+    from the listening socket), else small answers wait for the client's delayed ACK."""
+    import socket
+
+    from predictor.__main__ import shared_listening_socket
+
+    first = shared_listening_socket(0)
+    port = first.getsockname()[1]
+    second = shared_listening_socket(port)
+    try:
+        first.listen()
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            accepted, _ = first.accept() if client else (None, None)
+            with accepted:
+                assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        assert second.getsockname()[1] == port
+    finally:
+        first.close()
+        second.close()
