@@ -127,7 +127,20 @@ def planned_workers(argv: list[str] | None) -> tuple[int, str]:
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    return front_ends(settings.workers, device.split(":")[0], os.cpu_count()), device
+    return front_ends(settings.workers, device.split(":")[0], usable_cpus()), device
+
+
+def usable_cpus(cgroup_cpu_max: str = "/sys/fs/cgroup/cpu.max") -> int:
+    """CPUs this process may use: its affinity, capped by the cgroup v2 CPU quota (a pod's CPU limit) — not
+    the node's core count, which ``os.cpu_count()`` reports inside a container."""
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = open(cgroup_cpu_max).read().split()[:2]
+        if quota != "max":
+            count = min(count, max(1, -(-int(quota) // int(period))))  # rounded up: 1.5 CPUs → 2
+    except (OSError, ValueError):
+        pass
+    return count
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -55,3 +55,17 @@ def test_front_end_socket_shares_the_port_and_sends_at_once():
     finally:
         first.close()
         second.close()
+
+
+def test_auto_workers_follow_the_pod_cpu_limit_not_the_node(tmp_path):
+    import os
+
+    from predictor.__main__ import usable_cpus
+
+    affinity = len(os.sched_getaffinity(0))
+    limit = tmp_path / "cpu.max"
+    limit.write_text("150000 100000\n")  # a pod limit of 1.5 CPUs
+    assert usable_cpus(str(limit)) == min(affinity, 2)
+    limit.write_text("max 100000\n")
+    assert usable_cpus(str(limit)) == affinity
+    assert usable_cpus(str(tmp_path / "absent")) == affinity
