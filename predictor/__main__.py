@@ -25,6 +25,7 @@ DEFAULT_MODEL_NAME = "yolov7"
 # gRPC framing and the other fields of a ModelInferRequest around the image bytes.
 GRPC_ENVELOPE_BYTES = 64 * 1024
 GIL_SWITCH_INTERVAL_S = 0.0001
+OPENMP_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
 # --workers > 1: metrics files (prometheus_client multiprocess) and shared slots live in a fresh folder here
 RUN_DIR_PARENT = "/tmp"  # the image's root is read-only; /tmp is writable
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -71,6 +72,21 @@ def tune_for_serving() -> None:
     batch, 491 → 521 images/s. On the CPU no difference was measurable.
     """
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+
+
+def passive_openmp() -> None:
+    """Idle OpenMP threads sleep instead of spinning (``OMP_WAIT_POLICY=PASSIVE``, unless set already).
+
+    Must run before torch is imported (libgomp reads it once, at load). Why: torch's CPU forward is a
+    chain of OpenMP parallel regions; with the default policy its threads spin at every barrier, and as
+    soon as anything else wants the cores (the event loop and decode threads of this very process, a
+    client, a neighbour on the node) a spinning thread holds the core its descheduled peer needs. Measured
+    on the 2-core host under load ~6, yolov7-tiny b1 forward, two processes interleaved: 1.0-2.3 s
+    spinning against 100-146 ms passive (tests/bench/engine_bench.py ``openmp``). It is the served
+    forward's slowdown against the bare one. ONNX Runtime's own spinning is off too (predictor.runtimes).
+    """
+    for name, value in OPENMP_ENV.items():
+        os.environ.setdefault(name, value)
 
 
 class _QuietLoggingInterceptor:
@@ -144,6 +160,7 @@ def usable_cpus(cgroup_cpu_max: str = "/sys/fs/cgroup/cpu.max") -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
+    passive_openmp()  # before torch is imported (planned_workers may import it)
     workers, _ = planned_workers(argv)
     run_dir = None
     if workers > 1:  # before prometheus_client is imported, here and (inherited) in every front end

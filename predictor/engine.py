@@ -99,6 +99,8 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         return "fp16" if device.type == "cuda" else "fp32"
     if precision == "fp16" and device.type != "cuda":
         raise ValueError("precision 'fp16' needs a CUDA device; use precision='fp32' (or 'auto') on the CPU")
+    if precision == "bf16":  # an exported engine's precision (predictor.runtimes), not the torch network's
+        raise ValueError("precision 'bf16' runs on the CPU engine openvino only; the torch network runs fp32/fp16")
     return precision
 
 
@@ -184,6 +186,7 @@ class Detector:
         self._graph_pool: Any = None
         self._graph_failed = False
         self._lock = threading.Lock()
+        self.engine, self.runtime = "torch", None  # another CPU engine: predictor.runtimes.attach
         if self.accel == "compile":
             self._compiled = torch.compile(self.model, mode=compile_mode, dynamic=False)
 
@@ -313,6 +316,8 @@ class Detector:
             )
         batch = batch.to(self.device, self.dtype, non_blocking=True)
         with torch.inference_mode():
+            if self.runtime is not None:  # ONNX Runtime / OpenVINO on the exported network
+                return self.runtime(batch)
             if self.accel in GPU_ACCELERATIONS:
                 return self._graph_forward(batch)
             return self.model(batch)

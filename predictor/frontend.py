@@ -136,6 +136,6 @@ def run_front_end(spec: Any) -> None:
     args = argparse.Namespace(**spec.args)
     model = YoloV7Model(args.model_name, spec.settings)
     link = ModelLink(spec, model.limits(), service_metrics())
-    model.attach(link, spec.names)
+    model.serve_through(link, spec.names)
     model.ready = True
     serve(args, spec.settings, model, front_end=link)

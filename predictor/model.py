@@ -132,6 +132,7 @@ class YoloV7Model(kserve.Model):
         from predictor.engine import Detector
         from predictor.metrics import service_metrics
         from predictor.pipeline import DetectionPipeline
+        from predictor.runtimes import attach
 
         s = self.settings
         weights = resolve_weights(s.weights)
@@ -140,10 +141,11 @@ class YoloV7Model(kserve.Model):
             weights,
             variant=s.variant or None,
             device=s.device,
-            precision=s.precision,
+            precision="fp32" if s.precision == "bf16" else s.precision,  # bf16: the CPU engine's only
             input_size=s.input_size or None,
             accel=s.accel,
         )
+        attach(detector, engine=s.engine, weights=weights, precision=s.precision, cache=s.engine_cache or None)
         pipeline = DetectionPipeline(
             detector,
             limits=self.limits(),
@@ -151,16 +153,17 @@ class YoloV7Model(kserve.Model):
             max_batch_delay_s=s.max_batch_delay_ms / 1000.0,
             metrics=service_metrics(),
         )
-        self.attach(pipeline, detector.names)
+        self.serve_through(pipeline, detector.names)
         stub_ms = os.environ.get(STUB_FORWARD_ENV)
         if stub_ms:
             stub_forward(detector, float(stub_ms))
         if s.warmup:
             detector.warmup(warmup_batch_sizes(detector.accel, detector.device.type, s.max_batch_size))
         log.info(
-            "model %r ready: weights %s, variant %s, device %s, precision %s, input size %d, %d classes, "
-            "accel %s, max batch %d, max delay %.1f ms (loaded in %.1f s)",
-            self.name, weights, detector.variant, detector.device, detector.precision, detector.input_size,
+            "model %r ready: weights %s, variant %s, device %s, engine %s, precision %s, input size %d, "
+            "%d classes, accel %s, max batch %d, max delay %.1f ms (loaded in %.1f s)",
+            self.name, weights, detector.variant, detector.device, detector.engine, detector.precision,
+            detector.input_size,
             detector.num_classes, detector.accel, s.max_batch_size, s.max_batch_delay_ms,
             time.perf_counter() - start,
         )
@@ -171,7 +174,7 @@ class YoloV7Model(kserve.Model):
         s = self.settings
         return wire.Limits(s.max_images_per_request, s.max_image_pixels, s.max_request_bytes)
 
-    def attach(self, pipeline: Any, names: list[str]) -> None:
+    def serve_through(self, pipeline: Any, names: list[str]) -> None:
         """Serve through ``pipeline`` (a :class:`~predictor.pipeline.DetectionPipeline`, or a front end's
         link to the model process), whose model has these class ``names``."""
         from predictor.batching import Admission

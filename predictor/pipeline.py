@@ -358,4 +358,5 @@ class DetectionPipeline:
             "num_classes": d.num_classes,
             "gpu_decode": self.gpu_decode,
             "accel": d.accel,
+            "engine": d.engine,
         }

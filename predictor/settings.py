@@ -25,7 +25,8 @@ VARIANT_NAMES: tuple[str, ...] = (
     "yolov7-e6e",
 )
 DEVICES_HELP = "auto, cpu, cuda or cuda:N"
-PRECISIONS: tuple[str, ...] = ("auto", "fp32", "fp16")
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "fp16", "bf16")
+ENGINES: tuple[str, ...] = ("auto", "torch", "onnxruntime", "openvino")
 ACCELERATIONS: tuple[str, ...] = ("auto", "eager", "cudagraph", "compile")
 GPU_ACCELERATIONS: tuple[str, ...] = ("cudagraph", "compile")  # the modes that need a CUDA device
 ENV_PREFIX = "YOLO_"
@@ -90,7 +91,10 @@ OPTIONS: tuple[Option, ...] = (
            f"(env {BAKED_WEIGHTS_ENV} names another)"),
     Option("variant", str, "architecture; detected from the checkpoint when empty", choices=("",) + VARIANT_NAMES),
     Option("device", str, f"inference device: {DEVICES_HELP}"),
-    Option("precision", str, "auto = fp16 on CUDA, fp32 on CPU", choices=PRECISIONS),
+    Option("precision", str, "auto = fp16 on CUDA, fp32 on CPU; bf16: CPU engine openvino only", choices=PRECISIONS),
+    Option("engine", str, "CPU engine: auto = the fastest passing parity here (torch on CUDA), torch, onnxruntime "
+           "or openvino (see predictor.runtimes)", choices=ENGINES),
+    Option("engine_cache", str, "folder for exported models; empty = next to the weights, else XDG/TMPDIR cache"),
     Option("accel", str, "CUDA acceleration: auto, eager, cudagraph or compile", choices=ACCELERATIONS),
     Option("input_size", int, "square network input size in pixels (multiple of 32; 0 = the variant's native size)",
            minimum=0, maximum=4096),
@@ -127,6 +131,8 @@ class PredictorSettings:
     variant: str = ""
     device: str = "auto"
     precision: str = "auto"
+    engine: str = "auto"
+    engine_cache: str = ""
     accel: str = "auto"
     input_size: int = 0
     conf_threshold: float = 0.25
@@ -342,6 +348,7 @@ def parse_args(argv: Iterable[str], environ: Mapping[str, str] | None = None) ->
 __all__ = [
     "ACCELERATIONS",
     "DetectParams",
+    "ENGINES",
     "GPU_ACCELERATIONS",
     "BAKED_WEIGHTS_DIR",
     "BAKED_WEIGHTS_ENV",

@@ -15,6 +15,15 @@ def fixtures_root() -> Path:
     return Path(os.environ.get("YOLO_FIXTURES") or REPO_ROOT.parent / "shared" / "fixtures").resolve()
 
 
+def pytest_configure(config) -> None:
+    """Exported CPU engines (``--engine``) go to a per-run folder, never next to the shared fixtures;
+    servers started by the tests inherit it (``YOLO_ENGINE_CACHE``)."""
+    if not os.environ.get("YOLO_ENGINE_CACHE"):
+        import tempfile
+
+        os.environ["YOLO_ENGINE_CACHE"] = tempfile.mkdtemp(prefix="yolo-engines-")
+
+
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
     root = fixtures_root()

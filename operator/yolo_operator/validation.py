@@ -202,6 +202,12 @@ def _check_resources(spec: Mapping[str, Any]) -> list[Problem]:
                                                  "idle: set gpu 1 and scale out with replicas.max"))
     if spec["precision"] == "fp16" and gpus == 0:
         problems.append(Problem("precision", "fp16 needs a GPU: set resources.gpu >= 1, or precision auto/fp32"))
+    engine = spec.get("engine", "auto")
+    if engine in ("onnxruntime", "openvino") and _is_int(gpus) and gpus > 0:
+        problems.append(Problem("engine", f"{engine} runs on the CPU only: set resources.gpu 0, or engine auto/torch"))
+    if spec["precision"] == "bf16" and ((_is_int(gpus) and gpus > 0) or engine not in ("auto", "openvino")):
+        problems.append(Problem("precision", "bf16 runs on the CPU engine openvino only: resources.gpu 0 and "
+                                             "engine auto or openvino"))
     acceleration = spec["batching"].get("acceleration")
     if acceleration in GPU_ACCELERATIONS and gpus == 0:
         problems.append(Problem("batching.acceleration", f"{acceleration} needs a GPU: set resources.gpu >= 1, "

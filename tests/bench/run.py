@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -39,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"unknown bench {unknown}; available: {names}")
         names = [n for n in names if n in wanted]
     args.out.mkdir(parents=True, exist_ok=True)
+    if not os.environ.get("YOLO_ENGINE_CACHE"):  # exported CPU engines: never next to the shared fixtures
+        os.environ["YOLO_ENGINE_CACHE"] = tempfile.mkdtemp(prefix="yolo-engines-")
     summary: dict[str, object] = {
         "quick": args.quick,
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

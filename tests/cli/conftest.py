@@ -15,7 +15,8 @@ import pytest
 from tests.tools.predictor_server import PredictorServer, predictor_server
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SERVER_ARGS = ["--input_size", "640", "--max_batch_size", "8", "--max_batch_delay_ms", "50"]
+# --engine torch: served answers are compared with the CLI's --local torch Detector, in order
+SERVER_ARGS = ["--input_size", "640", "--max_batch_size", "8", "--max_batch_delay_ms", "50", "--engine", "torch"]
 
 
 @pytest.fixture(scope="session")

@@ -119,6 +119,7 @@ def test_apply_infer_patch_delete(yolo_fixtures, kube, namespace, tmp_path):
     doc = yaml.safe_load(EXAMPLE.read_text())
     name = doc["metadata"]["name"]
     doc["spec"]["variant"] = VARIANT  # YAML edit: the example may name a release we have no fixture for
+    doc["spec"]["engine"] = "torch"  # answers are compared with the in-process torch Detector (exact order)
     manifest = tmp_path / "yolodetector.yaml"
     manifest.write_text(yaml.safe_dump(doc))
     image = image_path.read_bytes()

@@ -29,6 +29,7 @@ SERVER_ARGS = [
     "--max_image_pixels", str(MAX_IMAGE_PIXELS),
 ]
 SERVER_ENV = {
+    "YOLO_ENGINE": "torch",  # compared with the in-process torch Detector; other engines: test_engines.py
     "YOLO_CONF_THRESHOLD": str(DEFAULT_CONF),
     "YOLO_MAX_IMAGES_PER_REQUEST": str(MAX_IMAGES),
 }

@@ -85,10 +85,10 @@ def test_precisions_and_accelerations_are_the_settings():
 
     cpu = torch.device("cpu")
     for precision in PRECISIONS:
-        if precision != "fp16":
+        if precision not in ("fp16", "bf16"):  # fp16: CUDA; bf16: the exported CPU engine's (runtimes)
             resolve_precision(precision, cpu)
     with pytest.raises(ValueError, match=str(PRECISIONS).replace("(", r"\(").replace(")", r"\)")):
-        resolve_precision("bf16", cpu)
+        resolve_precision("int8", cpu)
     detector = Detector.__new__(Detector)
     detector.device = cpu
     assert {mode for mode in ACCELERATIONS if mode not in GPU_ACCELERATIONS} == {"auto", "eager"}

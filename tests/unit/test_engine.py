@@ -99,6 +99,8 @@ def test_resolve_device_and_precision_on_this_host():
     with pytest.raises(ValueError, match="needs a CUDA device"):
         resolve_precision("fp16", torch.device("cpu"))
     with pytest.raises(ValueError, match="precision must be"):
+        resolve_precision("int8", torch.device("cpu"))
+    with pytest.raises(ValueError, match="openvino only"):  # bf16 is an exported engine's, not torch's
         resolve_precision("bf16", torch.device("cpu"))
 
 

@@ -10,7 +10,14 @@ from yolo_operator import config as c
 from yolo_operator import manifests, validation
 from yolo_operator.config import OperatorConfig
 
-from predictor.settings import OPTIONS_BY_NAME, PRECISIONS, VARIANT_NAMES, PredictorSettings, parse_args
+from predictor.settings import (
+    ENGINES,
+    OPTIONS_BY_NAME,
+    PRECISIONS,
+    VARIANT_NAMES,
+    PredictorSettings,
+    parse_args,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = OperatorConfig()
@@ -281,6 +288,7 @@ def test_crd_enums_match_the_code():
     schema = crd_schema()["properties"]
     assert tuple(schema["variant"]["enum"]) == VARIANT_NAMES
     assert set(schema["precision"]["enum"]) == set(PRECISIONS)
+    assert tuple(schema["engine"]["enum"]) == ENGINES
     assert tuple(schema["deploymentMode"]["enum"]) == c.DEPLOYMENT_MODES
     assert schema["inputSize"]["multipleOf"] == 32
 

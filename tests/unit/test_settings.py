@@ -12,6 +12,7 @@ from predictor.settings import OPTIONS, PredictorSettings, SettingsError, parse_
 def test_to_args_round_trips_every_option():
     custom = PredictorSettings(
         weights="/models/x.pt", variant="yolov7-tiny", device="cuda:1", precision="fp16", accel="cudagraph",
+        engine="openvino", engine_cache="/cache",
         input_size=1280, conf_threshold=0.4, iou_threshold=0.6, max_detections=50, classes=("0", "person"),
         max_batch_size=32, max_batch_delay_ms=2.5, max_request_bytes=4096, max_image_pixels=1000,
         max_images_per_request=4, max_queued_images=12, auth_token_file="/run/token", warmup=False, demo=True,
@@ -21,6 +22,19 @@ def test_to_args_round_trips_every_option():
     assert len(args) == len(OPTIONS)
     assert custom.to_args(only_changed=True) == args  # every option differs from its default here
     assert parse_args(args) == custom
+
+
+@pytest.mark.parametrize("engine", ["auto", "torch", "onnxruntime", "openvino"])
+def test_engine_from_flag_and_env(engine):
+    assert parse_args([f"--engine={engine}"]).engine == engine
+    assert parse_args([], environ={"YOLO_ENGINE": engine}).engine == engine
+    assert PredictorSettings().engine == "auto"
+
+
+def test_unknown_engine_and_precision_name_the_option():
+    with pytest.raises(SettingsError, match="--engine"):
+        parse_args(["--engine=tensorrt"])
+    assert parse_args(["--precision=bf16"]).precision == "bf16"
 
 
 def test_only_changed_renders_differences():

@@ -65,6 +65,18 @@ def test_fp16_without_a_gpu_is_invalid():
     assert problems_of({"precision": "fp32"}) == {}
 
 
+def test_cpu_engines_and_bf16_need_the_cpu():
+    assert problems_of({"engine": "openvino"}) == {}
+    assert problems_of({"engine": "auto", "resources": {"gpu": 1}}) == {}
+    [problem] = validate("dets", {"engine": "onnxruntime", "resources": {"gpu": 1}})
+    assert (problem.field, problem.severity) == ("engine", ERROR) and "CPU only" in problem.message
+    assert problems_of({"precision": "bf16", "engine": "openvino"}) == {}
+    assert problems_of({"precision": "bf16"}) == {}  # auto means openvino for bf16
+    for spec in ({"precision": "bf16", "engine": "onnxruntime"}, {"precision": "bf16", "resources": {"gpu": 1}}):
+        [problem] = validate("dets", spec)
+        assert (problem.field, problem.severity) == ("precision", ERROR) and "openvino only" in problem.message
+
+
 @pytest.mark.parametrize(("classes", "where"), [
     ([""], "thresholds.classes[0]"),
     (["person,car"], "thresholds.classes[0]"),
