@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from predictor.pipeline import DetectionPipeline, PreparedImage, letterbox_source
 from predictor.slots import SlotFile, SlotPool
 
 __all__ = ["ModelLink", "run_front_end"]
@@ -48,11 +49,7 @@ class ModelLink:
     def summary(self) -> dict[str, Any]:
         return dict(self.spec.summary)
 
-    @staticmethod
-    def server_timing(prepared: Sequence[Any]) -> str:
-        from predictor.pipeline import DetectionPipeline
-
-        return DetectionPipeline.server_timing(prepared)
+    server_timing = staticmethod(DetectionPipeline.server_timing)
 
     # ----- decode here ------------------------------------------------------------------------------
     async def prepare(self, sources: Sequence[Any], params: Any) -> list[Any]:
@@ -70,8 +67,6 @@ class ModelLink:
         return list(results)
 
     def _prepare_one(self, source: Any, params: Any, where: str) -> Any:
-        from predictor.pipeline import PreparedImage, letterbox_source
-
         item = PreparedImage(params=params, where=where)
         item.letterboxed, item.geometry = letterbox_source(
             source, where, item.timings, max_pixels=self.limits.max_pixels, letterbox=self._letterbox,
