@@ -150,17 +150,24 @@ class _Host:
     async def _detect(self, fe: _FrontEnd, conn: Connection, key: int, entries: list[tuple]) -> None:
         """One request of one front end: its slots through the shared batcher, the answer back on the pipe it
         came from (a front end started again since gets nothing meant for its predecessor)."""
+        from predictor.errors import ServiceError
         from predictor.pipeline import PreparedImage
 
-        items = [PreparedImage(params=params, letterboxed=fe.slots.slot(slot), geometry=geometry)
-                 for slot, geometry, params in entries]
+        items = [
+            PreparedImage(params=params, jpeg=bytearray(fe.slots.slot(slot).reshape(-1)[:jpeg_bytes]))
+            if jpeg_bytes else PreparedImage(params=params, letterboxed=fe.slots.slot(slot), geometry=geometry)
+            for slot, geometry, params, jpeg_bytes in entries
+        ]
         try:
             detections = await self.model.pipeline.detect(items)
+        except ServiceError as error:  # e.g. a JPEG nvJPEG and OpenCV both refuse: the client's error, as is
+            _send(conn, (key, (type(error).__name__, error.reason, error.code), None, None))
+            return
         except Exception as error:  # noqa: BLE001 - the front end answers 500 with this text
             log.exception("model process: a batch failed")
-            _send(conn, (key, f"{type(error).__name__}: {error}", None))
+            _send(conn, (key, f"{type(error).__name__}: {error}", None, None))
             return
-        _send(conn, (key, detections, [item.timings for item in items]))
+        _send(conn, (key, detections, [item.timings for item in items], [item.geometry for item in items]))
 
     def _watch(self) -> None:
         """Thread: a front end that exits is started again (on the event loop), unless stopping."""

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from predictor.pipeline import DetectionPipeline, PreparedImage, letterbox_source
+from predictor.pipeline import DetectionPipeline, PreparedImage, for_gpu_decode, letterbox_source
 from predictor.slots import SlotFile, SlotPool
 
 __all__ = ["ModelLink", "run_front_end"]
@@ -37,6 +37,7 @@ class ModelLink:
         self.spec, self.limits, self.metrics = spec, limits, metrics
         self.slots = SlotFile(spec.slot_path, spec.slot_count, spec.input_size, create=False)
         self.pool = SlotPool(spec.slot_count)
+        self.gpu_decode = bool(spec.summary.get("gpu_decode"))  # the model process decodes JPEGs (nvJPEG)
         size = spec.input_size
         self._letterbox = lambda image, where: letterbox(image, size)
         threads = max(2, min(8, os.cpu_count() or 2))
@@ -67,6 +68,9 @@ class ModelLink:
         return list(results)
 
     def _prepare_one(self, source: Any, params: Any, where: str) -> Any:
+        if isinstance(source, bytes) and self.gpu_decode and len(source) <= self.slots.slot_bytes \
+                and for_gpu_decode(source, where, self.limits.max_pixels):
+            return PreparedImage(params=params, jpeg=source, where=where)  # nvJPEG in the model process
         item = PreparedImage(params=params, where=where)
         item.letterboxed, item.geometry = letterbox_source(
             source, where, item.timings, max_pixels=self.limits.max_pixels, letterbox=self._letterbox,
@@ -80,17 +84,24 @@ class ModelLink:
         even if this request was cancelled meanwhile)."""
         assert self._loop is not None, "watch_model() first"
         slots = await self.pool.take(len(prepared))
+        entries = []
         for slot, item in zip(slots, prepared, strict=True):
-            np.copyto(self.slots.slot(slot), item.letterboxed)
-            item.letterboxed = None
+            if item.jpeg is not None:  # the encoded bytes, for nvJPEG
+                self.slots.slot(slot).reshape(-1)[:len(item.jpeg)] = np.frombuffer(item.jpeg, np.uint8)
+                entries.append((slot, None, item.params, len(item.jpeg)))
+                item.jpeg = None
+            else:
+                np.copyto(self.slots.slot(slot), item.letterboxed)
+                item.letterboxed = None
+                entries.append((slot, item.geometry, item.params, 0))
         key = self._next_key = self._next_key + 1
         future = self._loop.create_future()
         self._waiting[key] = (future, slots)
-        self._conn.send((key, [(slot, item.geometry, item.params) for slot, item in zip(slots, prepared,
-                                                                                         strict=True)]))
-        detections, timings = await future
-        for item, times in zip(prepared, timings, strict=True):
+        self._conn.send((key, entries))
+        detections, timings, geometries = await future
+        for item, times, geometry in zip(prepared, timings, geometries, strict=True):
             item.timings.update(times)
+            item.geometry = geometry  # known in the model process when it decoded the JPEG
         return detections
 
     def _read(self) -> None:
@@ -103,7 +114,7 @@ class ModelLink:
             log.error("front end %d: the model process is gone; exiting", self.spec.index)
             os._exit(EXIT_MODEL_GONE)
 
-    def _answer(self, key: int, detections: Any, timings: Any) -> None:
+    def _answer(self, key: int, detections: Any, timings: Any, geometries: Any) -> None:
         future, slots = self._waiting.pop(key)  # every key sent is answered once
         assert self._loop is not None
         self._loop.create_task(self.pool.give(slots))
@@ -111,13 +122,27 @@ class ModelLink:
             return
         if isinstance(detections, str):
             future.set_exception(RuntimeError(f"model process: {detections}"))
+        elif isinstance(detections, tuple):  # a ServiceError of the request's own: (type name, reason, code)
+            future.set_exception(service_error(*detections))
         else:
-            future.set_result((detections, timings))
+            future.set_result((detections, timings, geometries))
 
     def watch_model(self) -> None:
         """Start reading the pipe on the running event loop (called once the server's loop runs)."""
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(self._conn.fileno(), self._read)
+
+
+def service_error(name: str, reason: str, code: str) -> Exception:
+    """A :class:`~predictor.errors.ServiceError` raised in the model process, rebuilt here by its type name."""
+    from predictor import errors
+
+    kind = getattr(errors, name, None)
+    if not (isinstance(kind, type) and issubclass(kind, errors.ServiceError)):
+        kind = errors.RequestError
+    error = kind.__new__(kind)
+    errors.ServiceError.__init__(error, reason, code)
+    return error
 
 
 def run_front_end(spec: Any) -> None:

@@ -47,7 +47,7 @@ from predictor.ops import LetterboxGeometry
 from predictor.settings import DetectParams
 from predictor.wire import ImageSource, Limits
 
-__all__ = ["DetectionPipeline", "PreparedImage", "letterbox_source"]
+__all__ = ["DetectionPipeline", "PreparedImage", "for_gpu_decode", "letterbox_source"]
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,14 @@ class PreparedImage:
         """(height, width) of the original image; known after decoding."""
         assert self.geometry is not None
         return self.geometry.original_shape
+
+
+def for_gpu_decode(source: bytes, where: str, max_pixels: int) -> bool:
+    """Whether encoded ``source`` goes to nvJPEG as it is: a JPEG without EXIF rotation (nvJPEG ignores
+    it); its pixel count is checked here first (header only), as the CPU path checks before decoding."""
+    info = images.probe_image(source, where)
+    images.check_dimensions(info.width, info.height, max_pixels, where)
+    return info.format == "jpeg" and info.orientation == 1
 
 
 def letterbox_source(
@@ -180,12 +188,9 @@ class DetectionPipeline:
 
     # ----- thread pool side -------------------------------------------------------------------------
     def _prepare_one(self, source: ImageSource, params: DetectParams, where: str) -> PreparedImage:
-        if isinstance(source, bytes) and self.gpu_decode:
-            info = images.probe_image(source, where)
-            images.check_dimensions(info.width, info.height, self.limits.max_pixels, where)
-            if info.format == "jpeg" and info.orientation == 1:  # nvJPEG ignores EXIF orientation
-                # a writable copy, made here in the pool: torch.frombuffer then wraps it as it is
-                return PreparedImage(params=params, jpeg=bytearray(source), where=where)
+        if isinstance(source, bytes) and self.gpu_decode and for_gpu_decode(source, where, self.limits.max_pixels):
+            # a writable copy, made here in the pool: torch.frombuffer then wraps it as it is
+            return PreparedImage(params=params, jpeg=bytearray(source), where=where)
         item = PreparedImage(params=params, where=where)
         item.letterboxed, item.geometry = self._letterbox_source(source, where, item.timings)
         return item
