@@ -1,5 +1,9 @@
 """The predictor's own Prometheus metrics, served by KServe's ``/metrics`` next to KServe's histograms.
 
+With several front ends (``--workers``) every process writes its values to files in
+``PROMETHEUS_MULTIPROC_DIR`` (prometheus_client's multiprocess mode) and ``/metrics`` sums them
+(:func:`multiprocess_exposition`).
+
 Created once per process by :func:`service_metrics` (not at import time), in the default registry,
 which is the one KServe's ``/metrics`` handler exposes.
 
@@ -22,7 +26,7 @@ from dataclasses import dataclass
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["ServiceMetrics", "service_metrics"]
+__all__ = ["ServiceMetrics", "multiprocess_exposition", "service_metrics"]
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128, 256)
@@ -71,8 +75,19 @@ def service_metrics(registry: CollectorRegistry = REGISTRY) -> ServiceMetrics:
                 ),
                 in_flight=Gauge(
                     "yolo_images_in_flight", "Images admitted now: decoding, queued or in a batch",
-                    registry=registry,
+                    registry=registry, multiprocess_mode="livesum",  # summed over live front ends
                 ),
             )
             _by_registry[id(registry)] = metrics
         return metrics
+
+
+def multiprocess_exposition(accept: str | None) -> tuple[bytes, str]:
+    """``/metrics`` over every process of the pod (front ends and the model process): counters and histograms
+    summed, ``yolo_images_in_flight`` summed over live processes. ``(body, content type)``."""
+    from prometheus_client import exposition, multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    encoder, content_type = exposition.choose_encoder(accept)
+    return encoder(registry), content_type

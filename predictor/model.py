@@ -18,6 +18,7 @@ our bug, counted as ``code="internal"`` and left to KServe (500 / INTERNAL, with
 from __future__ import annotations
 
 import logging
+import os
 import time
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -37,6 +38,25 @@ __all__ = ["WEIGHT_SUFFIXES", "YoloV7Model", "resolve_weights"]
 log = logging.getLogger("predictor")
 
 WEIGHT_SUFFIXES = (".pt", ".pth", ".safetensors")
+# Test and benchmark hook (not a flag): the forward sleeps this many ms and finds nothing, so that a benchmark
+# measures the front end alone (its CPU cost per request) with a device-like, CPU-free forward.
+STUB_FORWARD_ENV = "YOLO_TEST_STUB_FORWARD_MS"
+
+
+def stub_forward(detector: Any, milliseconds: float) -> None:
+    """Replace ``detector.forward`` by a sleep of ``milliseconds`` returning zeros of the real output's shape."""
+    import torch
+
+    size = detector.input_size
+    columns = detector.forward(torch.zeros(1, 3, size, size)).shape[2]
+    log.warning("%s=%s: the forward is a stub (%g ms sleep, no detections)", STUB_FORWARD_ENV, milliseconds,
+                milliseconds)
+
+    def forward(batch: Any) -> Any:
+        time.sleep(milliseconds / 1000.0)
+        return torch.zeros(batch.shape[0], 1, columns)  # one empty candidate row: the NMS costs ~nothing
+
+    detector.forward = forward
 
 
 def resolve_weights(path: str | Path) -> Path:
@@ -109,7 +129,6 @@ class YoloV7Model(kserve.Model):
 
     # ----- lifecycle ----------------------------------------------------------------------------------
     def load(self) -> bool:
-        from predictor.batching import Admission
         from predictor.metrics import service_metrics
         from predictor.pipeline import DetectionPipeline
         from predictor.runtimes.detector import torch_free_detector
@@ -131,22 +150,17 @@ class YoloV7Model(kserve.Model):
                 accel=s.accel,
             )
             attach(detector, engine=s.engine, weights=weights, precision=s.precision, cache=s.engine_cache or None)
-        self.names = list(detector.names)
-        self.defaults = DetectParams(
-            confidence=s.conf_threshold,
-            iou=s.iou_threshold,
-            max_detections=s.max_detections,
-            classes=resolve_classes(list(s.classes), self.names, "--classes") if s.classes else None,
-        )
-        self.metrics = service_metrics()
-        self.admission = Admission(s.max_queued_images, on_change=self.metrics.in_flight.set)
-        self.pipeline = DetectionPipeline(
+        pipeline = DetectionPipeline(
             detector,
-            limits=wire.Limits(s.max_images_per_request, s.max_image_pixels, s.max_request_bytes),
+            limits=self.limits(),
             max_batch_size=s.max_batch_size,
             max_batch_delay_s=s.max_batch_delay_ms / 1000.0,
-            metrics=self.metrics,
+            metrics=service_metrics(),
         )
+        self.serve_through(pipeline, detector.names)
+        stub_ms = os.environ.get(STUB_FORWARD_ENV)
+        if stub_ms:
+            stub_forward(detector, float(stub_ms))
         if s.warmup:
             detector.warmup(warmup_batch_sizes(detector.accel, detector.device.type, s.max_batch_size))
         log.info(
@@ -160,6 +174,27 @@ class YoloV7Model(kserve.Model):
         self.ready = True
         return self.ready
 
+    def limits(self) -> wire.Limits:
+        s = self.settings
+        return wire.Limits(s.max_images_per_request, s.max_image_pixels, s.max_request_bytes)
+
+    def serve_through(self, pipeline: Any, names: list[str]) -> None:
+        """Serve through ``pipeline`` (a :class:`~predictor.pipeline.DetectionPipeline`, or a front end's
+        link to the model process), whose model has these class ``names``."""
+        from predictor.batching import Admission
+
+        s = self.settings
+        self.names = list(names)
+        self.defaults = DetectParams(
+            confidence=s.conf_threshold,
+            iou=s.iou_threshold,
+            max_detections=s.max_detections,
+            classes=resolve_classes(list(s.classes), self.names, "--classes") if s.classes else None,
+        )
+        self.pipeline = pipeline
+        self.metrics = pipeline.metrics
+        self.admission = Admission(s.max_queued_images, on_change=self.metrics.in_flight.set)
+
     # ----- metadata -----------------------------------------------------------------------------------
     def get_input_types(self) -> list[dict]:
         return [{"name": "images", "datatype": "BYTES", "shape": [-1]}]
@@ -172,8 +207,6 @@ class YoloV7Model(kserve.Model):
         defaults = self.defaults
         return {
             **self.pipeline.summary(),
-            "accel": self.pipeline.detector.accel,
-            "engine": self.pipeline.detector.engine,
             "class_names": list(self.names),
             "confidence": defaults.confidence,
             "iou": defaults.iou,

@@ -50,7 +50,7 @@ if TYPE_CHECKING:  # torch is imported where CUDA is used: the CPU engines' serv
 
     from predictor.engine import Detector
 
-__all__ = ["DetectionPipeline", "PreparedImage"]
+__all__ = ["DetectionPipeline", "PreparedImage", "for_gpu_decode", "letterbox_source"]
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,35 @@ class PreparedImage:
         """(height, width) of the original image; known after decoding."""
         assert self.geometry is not None
         return self.geometry.original_shape
+
+
+def for_gpu_decode(source: bytes, where: str, max_pixels: int) -> bool:
+    """Whether encoded ``source`` goes to nvJPEG as it is: a JPEG without EXIF rotation (nvJPEG ignores
+    it); its pixel count is checked here first (header only), as the CPU path checks before decoding."""
+    info = images.probe_image(source, where)
+    images.check_dimensions(info.width, info.height, max_pixels, where)
+    return info.format == "jpeg" and info.orientation == 1
+
+
+def letterbox_source(
+    source: ImageSource, where: str, timings: dict[str, float], *, max_pixels: int,
+    letterbox: Any, metrics: ServiceMetrics,
+) -> tuple[np.ndarray, LetterboxGeometry]:
+    """Encoded bytes (decoded here, pixel count checked first) or an RGB pixel array → ``letterbox`` of it
+    (:meth:`Detector.letterbox`, or the same function in a front-end process); the stage times go to
+    ``timings`` and the metrics. The decoded image is dropped on return."""
+    if isinstance(source, bytes):
+        start = time.perf_counter()
+        image = images.decode_image(source, max_pixels, where)
+        timings["decode"] = time.perf_counter() - start
+        metrics.stage.labels("decode").observe(timings["decode"])
+    else:
+        image = images.check_pixel_array(source, max_pixels, where)
+    start = time.perf_counter()
+    letterboxed = letterbox(image, where)
+    timings["preprocess"] = time.perf_counter() - start
+    metrics.stage.labels("preprocess").observe(timings["preprocess"])
+    return letterboxed
 
 
 @dataclass(eq=False)
@@ -110,6 +139,8 @@ class DetectionPipeline:
         cuda = detector.device.type == "cuda"
         self.gpu_decode = cuda if gpu_decode is None else (gpu_decode and cuda)
         self._preparing = 0  # images being decoded now: they will reach the batcher shortly
+        # images being decoded in other processes (front ends, --workers): set by the model process
+        self.preparing_elsewhere: Any = None
         self._batch_id = 0
         # One CUDA stream per batch stage: their GPU work overlaps (decode/letterbox, forward, NMS).
         if cuda:
@@ -126,9 +157,13 @@ class DetectionPipeline:
             max_batch_size=max_batch_size,
             max_delay_s=max_batch_delay_s,
             on_batch=self._observe_batch,
-            incoming=lambda: self._preparing,
+            incoming=self._incoming,
             name="yolo-forward",
         )
+
+    def _incoming(self) -> int:
+        elsewhere = self.preparing_elsewhere
+        return self._preparing + (elsewhere() if elsewhere is not None else 0)
 
     # ----- event loop side --------------------------------------------------------------------------
     async def prepare(self, sources: Sequence[ImageSource], params: DetectParams) -> list[PreparedImage]:
@@ -158,12 +193,9 @@ class DetectionPipeline:
 
     # ----- thread pool side -------------------------------------------------------------------------
     def _prepare_one(self, source: ImageSource, params: DetectParams, where: str) -> PreparedImage:
-        if isinstance(source, bytes) and self.gpu_decode:
-            info = images.probe_image(source, where)
-            images.check_dimensions(info.width, info.height, self.limits.max_pixels, where)
-            if info.format == "jpeg" and info.orientation == 1:  # nvJPEG ignores EXIF orientation
-                # a writable copy, made here in the pool: torch.frombuffer then wraps it as it is
-                return PreparedImage(params=params, jpeg=bytearray(source), where=where)
+        if isinstance(source, bytes) and self.gpu_decode and for_gpu_decode(source, where, self.limits.max_pixels):
+            # a writable copy, made here in the pool: torch.frombuffer then wraps it as it is
+            return PreparedImage(params=params, jpeg=bytearray(source), where=where)
         item = PreparedImage(params=params, where=where)
         item.letterboxed, item.geometry = self._letterbox_source(source, where, item.timings)
         return item
@@ -171,21 +203,8 @@ class DetectionPipeline:
     def _letterbox_source(
         self, source: ImageSource, where: str, timings: dict[str, float]
     ) -> tuple[np.ndarray, LetterboxGeometry]:
-        """Encoded bytes (decoded here, pixel count checked first) or an RGB pixel array → the detector's
-        letterbox of it; the stage times go to ``timings`` and the metrics. The decoded image is dropped
-        on return."""
-        if isinstance(source, bytes):
-            start = time.perf_counter()
-            image = images.decode_image(source, self.limits.max_pixels, where)
-            timings["decode"] = time.perf_counter() - start
-            self.metrics.stage.labels("decode").observe(timings["decode"])
-        else:
-            image = images.check_pixel_array(source, self.limits.max_pixels, where)
-        start = time.perf_counter()
-        letterboxed = self.detector.letterbox(image, where)
-        timings["preprocess"] = time.perf_counter() - start
-        self.metrics.stage.labels("preprocess").observe(timings["preprocess"])
-        return letterboxed
+        return letterbox_source(source, where, timings, max_pixels=self.limits.max_pixels,
+                                letterbox=self.detector.letterbox, metrics=self.metrics)
 
     # ----- batch stages (each in its own worker thread) -----------------------------------------------
     def _observe_batch(self, size: int, waited: float) -> None:
@@ -354,4 +373,6 @@ class DetectionPipeline:
             "input_size": d.input_size,
             "num_classes": d.num_classes,
             "gpu_decode": self.gpu_decode,
+            "accel": d.accel,
+            "engine": d.engine,
         }

@@ -157,8 +157,19 @@ def _drop_none(value: Any) -> Any:
     return value
 
 
-def install(app: FastAPI, server: Any, *, model: Any, max_request_bytes: int, demo: bool = False) -> None:
-    """Add the middleware, handlers and routes above to ``app`` (before ``server.start``)."""
+def install(app: FastAPI, server: Any, *, model: Any, max_request_bytes: int, demo: bool = False,
+            multiprocess_metrics: bool = False) -> None:
+    """Add the middleware, handlers and routes above to ``app`` (before ``server.start``).
+    ``multiprocess_metrics``: ``/metrics`` sums every process of the pod (``--workers`` > 1); our route,
+    added first, answers before KServe's own (this process's registry only)."""
+    if multiprocess_metrics:
+        from predictor.metrics import multiprocess_exposition
+
+        async def metrics_route(raw_request: Request) -> Response:
+            body, content_type = multiprocess_exposition(raw_request.headers.get("accept"))
+            return Response(content=body, headers={"content-type": content_type})
+
+        app.router.add_api_route("/metrics", metrics_route, methods=["GET"], include_in_schema=False)
     metrics = getattr(model, "metrics", None)
 
     def on_reject(scope: dict, code: str) -> None:

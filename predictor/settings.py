@@ -40,6 +40,8 @@ BAKED_WEIGHTS_ENV = "YOLO_BAKED_WEIGHTS"  # another baked file or folder (tests 
 HTTP_PORT = 8080
 GRPC_PORT = 8081
 PORT_ENV = "PORT"
+MAX_WORKERS = 64
+AUTO_WORKERS_CAP = 8  # --workers 0 on a GPU: one front end per core, at most this many
 
 
 class SettingsError(ValueError):
@@ -111,6 +113,9 @@ OPTIONS: tuple[Option, ...] = (
            "Bearer ...); health probes and /metrics are exempt; empty = no check (predictor/auth.py)"),
     Option("warmup", _parse_bool, "run warm-up forwards before reporting ready"),
     Option("demo", _parse_bool, "serve the demo page at / (for `make dev`)"),
+    Option("workers", int, "front-end processes (REST + gRPC: parse, validate, decode, letterbox) feeding ONE model "
+           "process through shared memory; 1 (default) = one process; 0 = auto: one per core (at most 8) on a GPU, 1 on "
+           "the CPU (the forward takes every core there). Opt-in: not yet measured on a GPU", minimum=0, maximum=MAX_WORKERS),
     Option("request_logs", _parse_bool,
            "log every request (uvicorn's access log, KServe's per-request timings); off: at thousands of "
            "requests/s they cost a CPU core and flood the log (errors and /metrics are unaffected)"),
@@ -143,6 +148,7 @@ class PredictorSettings:
     auth_token_file: str = ""
     warmup: bool = True
     demo: bool = False
+    workers: int = 1
     request_logs: bool = False
 
     def __post_init__(self) -> None:
@@ -321,6 +327,17 @@ def serving_ports(http_port: int | None, grpc_port: int | None,
     return http, grpc, source
 
 
+def front_ends(workers: int, device_type: str, cpu_count: int | None) -> int:
+    """How many front-end processes ``--workers`` asks for: itself when > 0; for 0 (auto), one per core up to
+    AUTO_WORKERS_CAP on a GPU, 1 on the CPU (the CPU forward takes every core: more front ends would take
+    cores from it)."""
+    if workers > 0:
+        return workers
+    if device_type != "cuda":
+        return 1
+    return max(1, min(AUTO_WORKERS_CAP, cpu_count or 1))
+
+
 def parse_args(argv: Iterable[str], environ: Mapping[str, str] | None = None) -> PredictorSettings:
     """Parse only our options from ``argv`` (unknown flags ignored): handy for tests and the operator."""
     parser = PredictorSettings.add_arguments(argparse.ArgumentParser(add_help=False))
@@ -347,6 +364,7 @@ __all__ = [
     "SettingsError",
     "VARIANT_NAMES",
     "default_weights",
+    "front_ends",
     "parse_args",
     "serving_ports",
 ]

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One GPU check on a lent device machine (about 5 minutes): the CUDA tests, then the service end to end
 # (yolov7, 640, fp16, bus.jpg, REST v2 binary extension) at concurrency 1 and 64, with torch.compile +
-# CUDA graphs (the throughput setting) and with the default CUDA graphs. Results land in $OUT (the device
+# CUDA graphs (the throughput setting) and with the default CUDA graphs; then --workers 1 against the
+# multi-process data plane (auto front ends) on REST binary and gRPC at concurrency 1, 8 and 64. Results land in $OUT (the device
 # tool's folder) or /tmp/gpu-out. Run from the repository root:
 #   bash hack/gpu/check.sh
 # Needs (made by hack/gpu/prepare.sh): carry .whl (kserve and its deps for the device's Python) and
@@ -55,6 +56,13 @@ bench compile "--accel compile --max_batch_size 32 --max_batch_delay_ms 2" 230 1
   1:300,8:2000,32:4000,64:6000 "$OUT/profile.txt"
 python3 hack/gpu/profile_summary.py "$OUT/profile.all.txt" "$OUT/profile.gil.txt"
 bench cudagraph "--max_batch_size 32 --max_batch_delay_ms 2" 90 1,64 1:300,64:3000
+echo "== front ends (--workers 1 against auto: one per core, at most 8), real forward, bus.jpg, REST binary + gRPC"
+YOLO_BENCH_WEIGHTS=/tmp/yolov7-init.safetensors YOLO_BENCH_DEVICE=cuda YOLO_BENCH_STUB_MS=0 \
+  YOLO_BENCH_WORKERS=1,0 YOLO_BENCH_IMAGES=bus YOLO_BENCH_PROTOCOLS=rest_binary,grpc \
+  YOLO_BENCH_CONCURRENCY=1,8,64 YOLO_BENCH_CELL_SECONDS=8 YOLO_BENCH_ROUNDS=1 \
+  YOLO_BENCH_SERVER_ARGS="--accel compile --max_batch_size 32 --max_batch_delay_ms 2 --warmup true" \
+  timeout 240 python3 -m tests.bench.frontend_bench "$OUT/frontend" > "$OUT/frontend.json" 2> "$OUT/frontend.err"
+echo "exit $?"; grep "^\[frontend\]" "$OUT/frontend.err" | cut -c1-400
 kill $sampler 2>/dev/null
 python3 - "$OUT/gpu-util.txt" <<'PY'
 import sys

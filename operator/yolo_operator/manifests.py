@@ -31,6 +31,7 @@ SPEC_DEFAULTS: dict[str, Any] = {
     "inputSize": 0,
     "precision": "auto",
     "engine": "auto",
+    "workers": 1,
     "batching": {"maxBatchSize": 8, "maxDelayMs": 5, "acceleration": "auto"},
     "limits": {"maxRequestBytes": 32 * 1024 * 1024, "maxImagePixels": 40_000_000, "maxImagesPerRequest": 64,
                "maxQueuedImages": 256},
@@ -160,6 +161,7 @@ def predictor_settings(spec: Mapping[str, Any], config: OperatorConfig) -> Predi
         max_image_pixels=int(limits["maxImagePixels"]),
         max_images_per_request=int(limits["maxImagesPerRequest"]),
         max_queued_images=int(limits["maxQueuedImages"]),
+        workers=int(spec["workers"]),
         auth_token_file=f"{c.AUTH_TOKEN_DIR}/{token['key']}" if (token := token_secret(spec)) else "",
     )
 

@@ -113,6 +113,7 @@ def test_every_predictor_option_rendered_through_predictor_settings():
         "thresholds": {"confidence": 0.4, "iou": 0.6, "maxDetections": 50, "classes": [0, "dog"]},
         "inputSize": 1280,
         "precision": "fp16",
+        "workers": 4,
         "batching": {"maxBatchSize": 16, "maxDelayMs": 2.5, "acceleration": "compile"},
         "limits": {"maxRequestBytes": 4096, "maxImagePixels": 1920 * 1080, "maxImagesPerRequest": 8,
                    "maxQueuedImages": 32},
@@ -124,9 +125,10 @@ def test_every_predictor_option_rendered_through_predictor_settings():
         input_size=1280,
         conf_threshold=0.4, iou_threshold=0.6, max_detections=50, classes=("0", "dog"), max_batch_size=16,
         max_batch_delay_ms=2.5, max_request_bytes=4096, max_image_pixels=2073600, max_images_per_request=8,
-        max_queued_images=32,
+        max_queued_images=32, workers=4,
     )
     assert args[3:] == expected.to_args()
+    assert "--workers=4" in args
     assert parse_args(args) == expected
     assert "--conf_threshold=0.4" in args and "--accel=compile" in args
     for arg in ("--max_request_bytes=4096", "--max_image_pixels=2073600", "--max_images_per_request=8",
@@ -313,6 +315,7 @@ def test_crd_defaults_are_the_builders_defaults_and_the_predictors():
     assert manifests.SPEC_DEFAULTS["batching"]["acceleration"] == predictor_defaults.accel
     assert manifests.SPEC_DEFAULTS["inputSize"] == predictor_defaults.input_size
     assert manifests.SPEC_DEFAULTS["precision"] == predictor_defaults.precision
+    assert manifests.SPEC_DEFAULTS["workers"] == predictor_defaults.workers
     limits = manifests.SPEC_DEFAULTS["limits"]
     assert limits["maxRequestBytes"] == predictor_defaults.max_request_bytes
     assert limits["maxImagePixels"] == predictor_defaults.max_image_pixels

@@ -16,7 +16,7 @@ def test_to_args_round_trips_every_option():
         input_size=1280, conf_threshold=0.4, iou_threshold=0.6, max_detections=50, classes=("0", "person"),
         max_batch_size=32, max_batch_delay_ms=2.5, max_request_bytes=4096, max_image_pixels=1000,
         max_images_per_request=4, max_queued_images=12, auth_token_file="/run/token", warmup=False, demo=True,
-        request_logs=True,
+        workers=3, request_logs=True,
     )
     args = custom.to_args()
     assert len(args) == len(OPTIONS)
@@ -90,3 +90,14 @@ def test_bare_boolean_flags_mean_true():
     assert parse_args(["--demo", "false"]).demo is False
     assert parse_args([]).demo is False
     assert parse_args(["--warmup"]).warmup is True
+
+
+def test_front_ends_auto_is_per_core_on_a_gpu_and_one_on_the_cpu():
+    from predictor.settings import AUTO_WORKERS_CAP, front_ends
+
+    assert front_ends(3, "cpu", 2) == 3  # given: as given, whatever the device
+    assert front_ends(0, "cpu", 16) == 1  # the CPU forward takes every core
+    assert front_ends(0, "cuda", 2) == 2
+    assert front_ends(0, "cuda", 64) == AUTO_WORKERS_CAP
+    with pytest.raises(SettingsError, match="--workers"):
+        PredictorSettings(workers=-1)

@@ -1,0 +1,247 @@
+"""``--workers N`` (N > 1): N front-end processes feeding ONE model process (this one) through shared memory.
+
+::
+
+    clients ──REST/gRPC──▶ front end 1 ┐  parse, validate, limits, admission,      ┌─ slot file 1 (mmap)
+                     ...  (SO_REUSEPORT) ├ decode + letterbox into shared slots ───┤  ...
+    clients ──REST/gRPC──▶ front end N ┘  (each: KServe ModelServer, own asyncio)  └─ slot file N
+                                 │ pipe: (request key, [(slot, geometry, thresholds)])  ▲ detections (small)
+                                 ▼                                                      │
+                      model process: ONE DetectionPipeline, ONE DynamicBatcher across all front ends
+                      (stack the slots → forward → NMS), supervisor of the front ends
+
+* The model process (the pod's main process) loads the model once, then starts the front ends
+  (``multiprocessing`` spawn: no CUDA state is forked). A front end that dies is started again (at most
+  :data:`MAX_RESTARTS` in :data:`RESTART_WINDOW_S`, else the process exits and the pod restarts).
+* A front end whose pipe to the model process breaks (the model process died) exits at once: with the
+  model process gone the container ends, never a server that accepts requests and hangs.
+* Metrics: prometheus_client's multiprocess mode; each front end's ``/metrics`` sums every process's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import shutil
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+from predictor.slots import SlotFile, slot_dir
+
+__all__ = ["FrontEndSpec", "MAX_RESTARTS", "RESTART_WINDOW_S", "serve_front_ends"]
+
+log = logging.getLogger("predictor")
+
+MAX_RESTARTS = 5  # front-end restarts allowed within RESTART_WINDOW_S before the pod is restarted
+RESTART_WINDOW_S = 60.0
+STOP_GRACE_S = 10.0
+WATCH_INTERVAL_S = 0.5
+
+
+@dataclass(frozen=True)
+class FrontEndSpec:
+    """What a front-end process needs (pickled to it at spawn)."""
+
+    index: int
+    args: dict[str, Any]  # the parsed command line (KServe's flags)
+    settings: Any  # PredictorSettings
+    conn: Connection
+    slot_path: str
+    slot_count: int
+    input_size: int
+    names: list[str]
+    summary: dict[str, Any]
+
+
+@dataclass(eq=False)
+class _FrontEnd:
+    index: int
+    slots: SlotFile
+    process: Any = None
+    conn: Connection | None = None
+
+
+def _send(conn: Connection, message: Any) -> None:
+    """From the event loop (the only thread that touches the pipes); a front end gone took its requests along."""
+    if conn.closed:
+        return
+    try:
+        conn.send(message)
+    except (OSError, ValueError):
+        pass
+
+
+class _Host:
+    """The model process: serves every front end's requests through one pipeline, restarts front ends."""
+
+    def __init__(self, model: Any, args: dict[str, Any], count: int, run_dir: str):
+        self.model, self.args, self.run_dir = model, args, run_dir
+        pipeline = model.pipeline
+        size = pipeline.detector.input_size
+        s = model.settings
+        # all of a request's images at once, and two batches in flight
+        self.slot_count = max(s.max_images_per_request, 2 * s.max_batch_size)
+        where = slot_dir(run_dir, count * self.slot_count * size * size * 3)
+        self.front_ends = [
+            _FrontEnd(i, SlotFile(os.path.join(where, f"yolo-v7-{os.getpid()}-slots-{i}"), self.slot_count, size,
+                                  create=True))
+            for i in range(count)
+        ]
+        pipeline.preparing_elsewhere = self.preparing
+        self.context = multiprocessing.get_context("spawn")
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.tasks: set[asyncio.Task] = set()
+        self.stopping = False
+        self.exit_code = 0
+        self.done: asyncio.Event | None = None
+        self.restarts: list[float] = []
+
+    def preparing(self) -> int:
+        return int(sum(int(fe.slots.preparing[0]) for fe in self.front_ends))
+
+    # ----- front ends ---------------------------------------------------------------------------------
+    def start(self, fe: _FrontEnd) -> None:
+        from predictor.frontend import run_front_end
+
+        ours, theirs = self.context.Pipe(duplex=True)
+        pipeline = self.model.pipeline
+        spec = FrontEndSpec(
+            index=fe.index, args=self.args, settings=self.model.settings, conn=theirs, slot_path=fe.slots.path,
+            slot_count=self.slot_count, input_size=pipeline.detector.input_size, names=list(self.model.names),
+            summary=pipeline.summary(),
+        )
+        fe.slots.preparing[0] = 0
+        process = self.context.Process(target=run_front_end, args=(spec,), name=f"yolo-front-end-{fe.index}",
+                                       daemon=True)
+        process.start()
+        theirs.close()
+        fe.process, fe.conn = process, ours
+        assert self.loop is not None
+        # read on the event loop itself: a reader thread would add a wake-up (a scheduling slot) per message
+        self.loop.add_reader(ours.fileno(), self._read, fe, ours)
+        log.info("front end %d started (pid %d)", fe.index, process.pid)
+
+    def _read(self, fe: _FrontEnd, conn: Connection) -> None:
+        try:
+            while conn.poll():
+                self._submit(fe, conn, conn.recv())
+        except (EOFError, OSError):  # the front end is gone; _watch starts it again
+            self._forget(fe, conn)
+
+    def _forget(self, fe: _FrontEnd, conn: Connection) -> None:
+        assert self.loop is not None
+        if not conn.closed:
+            self.loop.remove_reader(conn.fileno())
+            conn.close()
+        if fe.conn is conn:
+            fe.conn = None
+
+    def _submit(self, fe: _FrontEnd, conn: Connection, message: tuple) -> None:
+        task = asyncio.get_running_loop().create_task(self._detect(fe, conn, *message))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _detect(self, fe: _FrontEnd, conn: Connection, key: int, entries: list[tuple]) -> None:
+        """One request of one front end: its slots through the shared batcher, the answer back on the pipe it
+        came from (a front end started again since gets nothing meant for its predecessor)."""
+        from predictor.errors import ServiceError
+        from predictor.pipeline import PreparedImage
+
+        items = [
+            PreparedImage(params=params, jpeg=bytearray(fe.slots.slot(slot).reshape(-1)[:jpeg_bytes]))
+            if jpeg_bytes else PreparedImage(params=params, letterboxed=fe.slots.slot(slot), geometry=geometry)
+            for slot, geometry, params, jpeg_bytes in entries
+        ]
+        try:
+            detections = await self.model.pipeline.detect(items)
+        except ServiceError as error:  # e.g. a JPEG nvJPEG and OpenCV both refuse: the client's error, as is
+            _send(conn, (key, (type(error).__name__, error.reason, error.code), None, None))
+            return
+        except Exception as error:  # noqa: BLE001 - the front end answers 500 with this text
+            log.exception("model process: a batch failed")
+            _send(conn, (key, f"{type(error).__name__}: {error}", None, None))
+            return
+        _send(conn, (key, detections, [item.timings for item in items], [item.geometry for item in items]))
+
+    def _watch(self) -> None:
+        """Thread: a front end that exits is started again (on the event loop), unless stopping."""
+        while not self.stopping:
+            time.sleep(WATCH_INTERVAL_S)
+            # waitpid, not the sentinel pipe: a front end's libraries may close or reuse that descriptor
+            for fe in [fe for fe in self.front_ends if fe.process is not None and not fe.process.is_alive()]:
+                if self.stopping:
+                    return
+                assert self.loop is not None
+                process = fe.process
+                fe.process = None
+                self.loop.call_soon_threadsafe(self._restart, fe, process)
+
+    def _restart(self, fe: _FrontEnd, process: Any) -> None:
+        """On the event loop: forget the dead front end, start it again (or stop, past the restart limit)."""
+        from prometheus_client import multiprocess
+
+        assert self.done is not None
+        if self.stopping:
+            return
+        multiprocess.mark_process_dead(process.pid)
+        if fe.conn is not None:
+            self._forget(fe, fe.conn)
+        now = time.monotonic()
+        self.restarts = [t for t in self.restarts if now - t < RESTART_WINDOW_S] + [now]
+        if len(self.restarts) > MAX_RESTARTS:
+            log.error("front end %d exited (code %s): more than %d restarts in %.0f s; stopping", fe.index,
+                      process.exitcode, MAX_RESTARTS, RESTART_WINDOW_S)
+            self.exit_code = 1
+            self.done.set()
+            return
+        log.error("front end %d (pid %d) exited with code %s; starting it again", fe.index, process.pid,
+                  process.exitcode)
+        self.start(fe)
+
+    # ----- lifetime -----------------------------------------------------------------------------------
+    async def serve(self) -> int:
+        self.loop = asyncio.get_running_loop()
+        self.done = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.loop.add_signal_handler(sig, self.done.set)
+        for fe in self.front_ends:
+            self.start(fe)
+        threading.Thread(target=self._watch, name="yolo-front-end-watch", daemon=True).start()
+        await self.done.wait()
+        self.stopping = True
+        self.stop_front_ends()
+        await self.model.pipeline.close()
+        return self.exit_code
+
+    def stop_front_ends(self) -> None:
+        processes = [fe.process for fe in self.front_ends if fe.process is not None]
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+        deadline = time.monotonic() + STOP_GRACE_S
+        for process in processes:
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                process.kill()
+                process.join(5)
+        for fe in self.front_ends:
+            fe.slots.unlink()
+
+
+def serve_front_ends(model: Any, args: dict[str, Any], count: int, run_dir: str) -> int:
+    """Serve ``model`` (loaded here) behind ``count`` front-end processes until SIGTERM; the exit code."""
+    host = _Host(model, args, count, run_dir)
+    log.info("model process %d: %d front ends, %d shared slots each (%s)", os.getpid(), count, host.slot_count,
+             os.path.dirname(host.front_ends[0].slots.path))
+    try:
+        return asyncio.run(host.serve())
+    finally:
+        for fe in host.front_ends:
+            fe.slots.unlink()
+        shutil.rmtree(run_dir, ignore_errors=True)

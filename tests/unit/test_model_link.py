@@ -1,0 +1,80 @@
+"""The front end's link to the model process (predictor.frontend.ModelLink), with this test as the model
+process: pixels and JPEG bytes go through the shared slots, not the pipe; errors come back typed."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from predictor import wire
+from predictor.errors import RequestError
+from predictor.frontend import ModelLink
+from predictor.metrics import service_metrics
+from predictor.ops import letterbox_geometry
+from predictor.pipeline import PreparedImage
+from predictor.settings import DetectParams
+from predictor.slots import SlotFile
+
+SIZE = 32
+
+
+@pytest.fixture()
+def link(tmp_path):
+    ours, theirs = multiprocessing.Pipe(duplex=True)
+    path = tmp_path / "slots"
+    model_side = SlotFile(path, 4, SIZE, create=True)
+    spec = SimpleNamespace(index=0, conn=theirs, slot_path=str(path), slot_count=4, input_size=SIZE,
+                           summary={"gpu_decode": True})
+    front = ModelLink(spec, wire.Limits(8, 10_000, 1 << 20), service_metrics(CollectorRegistry()))
+    yield front, ours, model_side
+    ours.close()
+    theirs.close()
+
+
+async def test_pixels_and_jpeg_bytes_travel_through_the_slots(link):
+    front, model, slots = link
+    front.watch_model()
+    pixels = np.random.default_rng(0).integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8)
+    geometry = letterbox_geometry((20, 30), SIZE)
+    jpeg = b"\xff\xd8 not really a jpeg, only bytes \xff\xd9"
+    prepared = [PreparedImage(params=DetectParams(), letterboxed=pixels.copy(), geometry=geometry),
+                PreparedImage(params=DetectParams(confidence=0.5), jpeg=jpeg)]
+    task = asyncio.ensure_future(front.detect(prepared))
+    key, entries = await asyncio.get_running_loop().run_in_executor(None, model.recv)
+    (slot_a, geometry_a, params_a, jpeg_a), (slot_b, geometry_b, params_b, jpeg_b) = entries
+    assert (geometry_a, params_a, jpeg_a) == (geometry, DetectParams(), 0)
+    np.testing.assert_array_equal(slots.slot(slot_a), pixels)  # the pixels are in the shared slot
+    assert (geometry_b, params_b.confidence, jpeg_b) == (None, 0.5, len(jpeg))
+    assert slots.slot(slot_b).reshape(-1)[:jpeg_b].tobytes() == jpeg
+    decoded = letterbox_geometry((40, 60), SIZE)
+    model.send((key, ["a", "b"], [{"forward": 0.001}, {"forward": 0.001}], [geometry, decoded]))
+    assert await asyncio.wait_for(task, 10) == ["a", "b"]
+    assert prepared[1].geometry == decoded and prepared[0].timings["forward"] == 0.001
+    assert await _freed(front)  # the slots come back with the answer
+
+
+async def _freed(front) -> bool:
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+        if len(front.pool._free) == 4:
+            return True
+    return False
+
+
+async def test_a_request_error_from_the_model_process_stays_a_request_error(link):
+    front, model, _ = link
+    front.watch_model()
+    pixels = np.zeros((SIZE, SIZE, 3), np.uint8)
+    geometry = letterbox_geometry((SIZE, SIZE), SIZE)
+    task = asyncio.ensure_future(front.detect([PreparedImage(params=DetectParams(), letterboxed=pixels,
+                                                             geometry=geometry)]))
+    key, _ = await asyncio.get_running_loop().run_in_executor(None, model.recv)
+    model.send((key, ("RequestError", "image 0: cannot decode", "decode"), None, None))
+    with pytest.raises(RequestError, match="cannot decode") as caught:
+        await asyncio.wait_for(task, 10)
+    assert caught.value.code == "decode"

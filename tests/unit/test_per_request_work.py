@@ -1,0 +1,71 @@
+"""Per-request work: KServe's request-log work dropped when logs are off; the front ends' shared REST socket."""
+
+from __future__ import annotations
+
+import types
+
+from fastapi import FastAPI
+
+
+def test_request_log_work_is_dropped_unless_an_access_log_is_asked_for(monkeypatch):
+    from kserve.protocol.grpc import server as grpc_server
+    from kserve.protocol.rest import server as rest_server
+
+    from predictor.__main__ import _QuietLoggingInterceptor, drop_request_log_work
+
+    monkeypatch.setattr(grpc_server, "LoggingInterceptor", grpc_server.LoggingInterceptor)
+    monkeypatch.setattr(rest_server.RESTServer, "_add_middlewares", rest_server.RESTServer._add_middlewares)
+
+    stock = FastAPI()
+    rest_server.RESTServer._add_middlewares(types.SimpleNamespace(access_log_format=None), stock)
+    assert [m.cls.__name__ for m in stock.user_middleware] == ["TimingMiddleware"]  # what KServe adds
+
+    drop_request_log_work()
+    wrapper = rest_server.RESTServer._add_middlewares
+    drop_request_log_work()  # twice: still one wrapper
+    assert rest_server.RESTServer._add_middlewares is wrapper
+    quiet = FastAPI()
+    rest_server.RESTServer._add_middlewares(types.SimpleNamespace(access_log_format=None), quiet)
+    assert quiet.user_middleware == []
+    calls = []
+    monkeypatch.setattr(rest_server.RESTServer._add_middlewares, "__wrapped__",
+                        lambda server, app: calls.append(server.access_log_format))
+    rest_server.RESTServer._add_middlewares(types.SimpleNamespace(access_log_format="%(h)s"), FastAPI())
+    assert calls == ["%(h)s"]  # an access log asked for: KServe's own middleware (asgi-logger) is kept
+    assert grpc_server.LoggingInterceptor is _QuietLoggingInterceptor
+
+
+def test_front_end_socket_shares_the_port_and_sends_at_once():
+    """Two front ends bind one port (SO_REUSEPORT); connections accepted on it have TCP_NODELAY (inherited
+    from the listening socket), else small answers wait for the client's delayed ACK."""
+    import socket
+
+    from predictor.__main__ import shared_listening_socket
+
+    first = shared_listening_socket(0)
+    port = first.getsockname()[1]
+    second = shared_listening_socket(port)
+    try:
+        first.listen()
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            accepted, _ = first.accept() if client else (None, None)
+            with accepted:
+                assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        assert second.getsockname()[1] == port
+    finally:
+        first.close()
+        second.close()
+
+
+def test_auto_workers_follow_the_pod_cpu_limit_not_the_node(tmp_path):
+    import os
+
+    from predictor.__main__ import usable_cpus
+
+    affinity = len(os.sched_getaffinity(0))
+    limit = tmp_path / "cpu.max"
+    limit.write_text("150000 100000\n")  # a pod limit of 1.5 CPUs
+    assert usable_cpus(str(limit)) == min(affinity, 2)
+    limit.write_text("max 100000\n")
+    assert usable_cpus(str(limit)) == affinity
+    assert usable_cpus(str(tmp_path / "absent")) == affinity
