@@ -100,6 +100,20 @@ print("ready" if reply.ready else "not ready")
 """
 
 
+def _wait_for_own_network(process: subprocess.Popen, timeout: float = 30.0) -> None:
+    """Wait until ``unshare`` has given ``process`` its own network namespace: ``nsenter`` into it any earlier
+    would join the host's namespace, where nothing listens on the platform's port."""
+    ours, link = os.readlink("/proc/self/ns/net"), f"/proc/{process.pid}/ns/net"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        with contextlib.suppress(OSError):
+            if os.readlink(link) != ours:
+                return
+        time.sleep(0.01)
+    if process.poll() is None:
+        raise RuntimeError(f"process {process.pid} did not get its own network namespace within {timeout:.0f} s")
+
+
 def _interpreter_hidden() -> bool:
     """Whether this venv's interpreter lies where other UIDs cannot reach it (e.g. pyenv under a 0700 /root)."""
     real = Path(os.path.realpath(sys.executable))
@@ -263,6 +277,8 @@ def run_image(*, platform_env: Mapping[str, str], uid: int, weights: Path, workd
         process = subprocess.Popen(command, cwd=cwd, env={**env, "PATH": env.get("PATH", BASE_IMAGE_PATH)},
                                    stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     run = ImageRun(process, started_at, port, isolated, log_path, env)
+    if isolated:
+        _wait_for_own_network(process)
     ok = False
     try:
         yield run
