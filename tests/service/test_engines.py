@@ -46,6 +46,23 @@ def _assert_same(boxes, scores, classes, expected, what: str) -> None:
     assert_parity(ours, gold, what, box_tol=0.5)
 
 
+def _assert_v2_like_detector(out: dict, pictures, detector, what: str, **params) -> None:
+    """Each image of a decoded v2 answer (``v2_outputs``) equals the torch Detector on that picture."""
+    for i, data in enumerate(pictures):
+        n = int(out["num_detections"][i])
+        _assert_same(out["detection_boxes"][i, :n], out["detection_scores"][i, :n], out["detection_classes"][i, :n],
+                     direct(detector, decode(data), **params), f"{what} image {i}")
+
+
+def _grpc_first_image(response) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(boxes, scores, classes) of the first image of a gRPC ModelInfer answer (raw output contents)."""
+    raw = dict(zip([o.name for o in response.outputs], response.raw_output_contents, strict=True))
+    n = int(np.frombuffer(raw["num_detections"], np.int32)[0])
+    return (np.frombuffer(raw["detection_boxes"], np.float32).reshape(-1, 4)[:n],
+            np.frombuffer(raw["detection_scores"], np.float32)[:n],
+            np.frombuffer(raw["detection_classes"], np.int32)[:n])
+
+
 def test_every_protocol_answers_like_the_torch_detector(engine_server, detector, images):
     engine, server = engine_server
     bus, zidane = images["bus"], images["zidane"]
@@ -56,12 +73,7 @@ def test_every_protocol_answers_like_the_torch_detector(engine_server, detector,
         # v2 REST, two images in one request, a per-request threshold
         response = http.post(server.infer_url, json=v2_request(bus, zidane, parameters={"confidence": 0.2}))
         assert response.status_code == 200, response.text
-        out = v2_outputs(response.json())
-        for i, data in enumerate((bus, zidane)):
-            n = int(out["num_detections"][i])
-            _assert_same(out["detection_boxes"][i, :n], out["detection_scores"][i, :n],
-                         out["detection_classes"][i, :n], direct(detector, decode(data), confidence=0.2),
-                         f"{engine} v2 image {i}")
+        _assert_v2_like_detector(v2_outputs(response.json()), (bus, zidane), detector, f"{engine} v2", confidence=0.2)
         # v1 REST, the server's default threshold
         response = http.post(server.predict_url, json={"instances": [b64(zidane)]})
         assert response.status_code == 200, response.text
@@ -78,13 +90,8 @@ def test_every_protocol_answers_like_the_torch_detector(engine_server, detector,
     )
     with grpc.insecure_channel(server.grpc_target) as channel:
         response = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=120)
-    names = [o.name for o in response.outputs]
-    raw = dict(zip(names, response.raw_output_contents, strict=True))
-    n = int(np.frombuffer(raw["num_detections"], np.int32)[0])
-    boxes = np.frombuffer(raw["detection_boxes"], np.float32).reshape(1, -1, 4)[0, :n]
-    scores = np.frombuffer(raw["detection_scores"], np.float32).reshape(1, -1)[0, :n]
-    classes = np.frombuffer(raw["detection_classes"], np.int32).reshape(1, -1)[0, :n]
-    _assert_same(boxes, scores, classes, direct(detector, decode(bus), confidence=0.1, max_detections=50), f"{engine} gRPC")
+    _assert_same(*_grpc_first_image(response), direct(detector, decode(bus), confidence=0.1, max_detections=50),
+                 f"{engine} gRPC")
 
 
 async def test_concurrent_requests_batch_and_keep_their_thresholds(engine_server, detector, images):
@@ -100,10 +107,8 @@ async def test_concurrent_requests_batch_and_keep_their_thresholds(engine_server
         ))
     for index, (answer, data, conf) in enumerate(zip(answers, pictures, confidences, strict=True)):
         assert answer.status_code == 200, answer.text
-        out = v2_outputs(answer.json())
-        n = int(out["num_detections"][0])
-        _assert_same(out["detection_boxes"][0, :n], out["detection_scores"][0, :n], out["detection_classes"][0, :n],
-                     direct(detector, decode(data), confidence=conf), f"{engine} client {index}")
+        _assert_v2_like_detector(v2_outputs(answer.json()), (data,), detector, f"{engine} client {index}",
+                                 confidence=conf)
     with httpx.Client(timeout=60) as sync:
         after = scrape(sync, server)
     assert after["yolo_batch_size_sum"] - before["yolo_batch_size_sum"] == len(pictures)

@@ -26,7 +26,7 @@ from kserve.protocol.infer_type import serialize_byte_tensor
 
 from tests.service.conftest import INPUT_SIZE, SERVER_ARGS, SERVER_ENV
 from tests.service.helpers import decode, direct, v2_outputs, v2_request
-from tests.service.test_engines import _assert_same
+from tests.service.test_engines import _assert_same, _assert_v2_like_detector, _grpc_first_image
 from tests.tools.predictor_server import REPO_ROOT, predictor_server
 
 ENGINES = [e for e in ("onnxruntime", "openvino") if importlib.util.find_spec(e) is not None]
@@ -58,12 +58,8 @@ def test_served_without_torch_answers_like_the_torch_detector(exported_weights, 
             assert (meta["engine"], meta["precision"], meta["input_size"]) == (engine, "fp32", INPUT_SIZE)
             response = http.post(server.infer_url, json=v2_request(bus, zidane, parameters={"confidence": 0.2}))
             assert response.status_code == 200, response.text
-            out = v2_outputs(response.json())
-            for i, data in enumerate((bus, zidane)):
-                n = int(out["num_detections"][i])
-                _assert_same(out["detection_boxes"][i, :n], out["detection_scores"][i, :n],
-                             out["detection_classes"][i, :n], direct(detector, decode(data), confidence=0.2),
-                             f"torch-free {engine} v2 image {i}")
+            _assert_v2_like_detector(v2_outputs(response.json()), (bus, zidane), detector,
+                                     f"torch-free {engine} v2", confidence=0.2)
             bad = http.post(server.infer_url, json=v2_request(b"not an image"))
             assert bad.status_code == 400, bad.text
         request = pb.ModelInferRequest(
@@ -76,11 +72,7 @@ def test_served_without_torch_answers_like_the_torch_detector(exported_weights, 
         )
         with grpc.insecure_channel(server.grpc_target) as channel:
             answer = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=120)
-    raw = dict(zip([o.name for o in answer.outputs], answer.raw_output_contents, strict=True))
-    n = int(np.frombuffer(raw["num_detections"], np.int32)[0])
-    _assert_same(np.frombuffer(raw["detection_boxes"], np.float32).reshape(-1, 4)[:n],
-                 np.frombuffer(raw["detection_scores"], np.float32)[:n],
-                 np.frombuffer(raw["detection_classes"], np.int32)[:n],
+    _assert_same(*_grpc_first_image(answer),
                  direct(detector, decode(bus), confidence=0.1, max_detections=50, agnostic=True),
                  f"torch-free {engine} gRPC")
 
