@@ -26,8 +26,11 @@ CRD_PATH = ROOT / "crds" / "yolodetector.yaml"
 T = TypeVar("T")
 
 
-def wait_for(probe: Callable[[], T], timeout: float = 15.0, interval: float = 0.1, what: str = "") -> T:
-    """Call ``probe`` until it returns something truthy (returned) or ``timeout`` passes (AssertionError)."""
+def wait_for(probe: Callable[[], T], timeout: float = 15.0, interval: float = 0.1,
+             what: str | Callable[[], str] = "") -> T:
+    """Call ``probe`` until it returns something truthy (returned) or ``timeout`` passes (AssertionError).
+
+    ``what`` names what is awaited in the error; a callable is called only then (the state at the timeout)."""
     deadline = time.monotonic() + timeout
     last: Any = None
     while True:
@@ -40,6 +43,8 @@ def wait_for(probe: Callable[[], T], timeout: float = 15.0, interval: float = 0.
         if last and not isinstance(last, Exception):
             return last
         if time.monotonic() > deadline:
+            if callable(what):
+                what = what()
             raise AssertionError(f"timed out after {timeout}s waiting for {what or probe}; last: {last!r}")
         time.sleep(interval)
 

@@ -46,6 +46,7 @@ class KServeController:
                                                                      kind="HorizontalPodAutoscaler")
         self.errors: dict[str, str] = {}  # isvc name -> the last failure (what its Warning event says)
         self.refused_finalizer_updates = 0
+        self.loop_errors: list[str] = []  # anything else that went wrong in a round (the loop goes on)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True, name=f"kserve-standin-{namespace}")
 
@@ -65,6 +66,8 @@ class KServeController:
                     self.reconcile(isvc)
             except ApiException:
                 pass  # e.g. the namespace is going away
+            except Exception as error:  # noqa: BLE001 - KServe's controller retries; one bad round must not end ours
+                self.loop_errors = [*self.loop_errors[-4:], repr(error)]
             self._stop.wait(self.interval)
 
     # ----- one InferenceService ------------------------------------------------------------------------
