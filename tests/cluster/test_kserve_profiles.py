@@ -27,7 +27,7 @@ from tests.platform.webhook import KServeWebhooks
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 RESYNC_SECONDS = 2
 IDLE_RESYNCS = 3
-GC_SECONDS = 45  # deletions by the garbage collector: up to two of its 30 s monitor re-syncs, on a loaded host
+GC_SECONDS = 150  # deletions by the garbage collector: up to two of its 30 s monitor re-syncs, on a loaded host
 
 
 def _leftovers(items: list[dict]) -> list[dict]:
@@ -152,7 +152,7 @@ def test_examples_on_profile(kube, short_namespace, tmp_path: Path, profile, pro
         wait_for(lambda: not api.isvcs(namespace), timeout=GC_SECONDS,
                  what=lambda: f"InferenceServices gone on {profile.name}: {_leftovers(api.isvcs(namespace))}; "
                               f"finalizer updates refused: {kserve_controller.refused_finalizer_updates}, "
-                              f"controller errors: {kserve_controller.loop_errors}\n"
+                              f"controller errors: {kserve_controller.loop_errors}\n{operator.log_tail(40)}\n"
                               f"{kube.logs().get('kube-controller-manager', '')[-3000:]}")
         apps = client.AppsV1Api(kube.api_client())
         wait_for(lambda: not apps.list_namespaced_deployment(namespace).items, timeout=GC_SECONDS,
