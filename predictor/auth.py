@@ -41,16 +41,19 @@ def load_token(path: str) -> bytes:
 
 
 class TokenCheck:
-    """Compares an ``Authorization`` value with ``Bearer <token>`` in constant time."""
+    """Compares an ``Authorization`` value with ``Bearer <token>``: the scheme in any case and followed by one or
+    more spaces (RFC 7235 section 2.1: ``credentials = auth-scheme [ 1*SP ... ]``, the scheme case-insensitive),
+    the token in constant time."""
 
     def __init__(self, token: bytes) -> None:
-        self._expected = b"Bearer " + token
+        self._token = token
 
     def allows(self, authorization: bytes | str | None) -> bool:
         if authorization is None:
             return False
         given = authorization.encode("latin-1", "replace") if isinstance(authorization, str) else authorization
-        return hmac.compare_digest(given.strip(), self._expected)
+        scheme, _, credentials = given.strip().partition(b" ")
+        return scheme.lower() == b"bearer" and hmac.compare_digest(credentials.lstrip(b" "), self._token)
 
 
 class BearerTokenMiddleware:

@@ -32,6 +32,7 @@ class Watch:
     server: object
     rss_start: int
     log_start: int
+    headers: dict[str, str] = field(default_factory=dict)  # what a good request carries (a bearer token)
     sent: int = 0
     refused: int = 0
     statuses: dict[int, int] = field(default_factory=dict)
@@ -58,7 +59,8 @@ class Watch:
         growth = self.server.rss_bytes() - self.rss_start
         assert growth < RSS_GROWTH_LIMIT, f"server RSS grew by {growth / 2**20:.0f} MiB over {self.sent} cases"
         with httpx.Client(timeout=60) as client:
-            ok = client.post(self.server.infer_url, json=v2_request(encode(".jpg", gradient(64, 64))))
+            ok = client.post(self.server.infer_url, json=v2_request(encode(".jpg", gradient(64, 64))),
+                             headers=self.headers)
         assert ok.status_code == 200, ok.text
 
 
