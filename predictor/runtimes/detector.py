@@ -17,7 +17,6 @@ numpy arrays where the Detector has tensors::
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ import numpy as np
 
 from predictor import boxes
 from predictor.boxes import Detections, LetterboxGeometry
-from predictor.runtimes.export import find_exported, metadata_path
+from predictor.runtimes.export import find_exported
 from predictor.settings import DetectParams
 
 __all__ = ["CPU", "ExportedDetector", "torch_free_detector"]
@@ -79,17 +78,14 @@ class ExportedDetector:
     def load(cls, onnx_path: str | Path, *, engine: str = "onnxruntime", precision: str = "fp32",
              threads: int | None = None) -> ExportedDetector:
         """An exported model and its metadata JSON (``<file>.onnx.json``) on ``engine``."""
+        from predictor.runtimes.exported_file import open_checked, read_metadata
         from predictor.runtimes.select import build_runtime
 
-        meta_file = metadata_path(onnx_path)
-        try:
-            meta = json.loads(meta_file.read_text())
-        except (OSError, ValueError) as error:
-            raise ValueError(f"{onnx_path}: no readable metadata {meta_file.name} beside it ({error}); "
-                             "export with python -m predictor.runtimes.export") from None
-        runtime = build_runtime(engine, onnx_path, precision=precision, threads=threads)
-        return cls(runtime, names=meta["names"], variant=meta.get("variant", "custom"),
-                   strides=meta.get("strides", (8, 16, 32)), input_size=meta["input_size"])
+        meta = read_metadata(onnx_path)  # checked: a clear ValueError for a wrong or hostile file
+        runtime = open_checked(onnx_path, meta, lambda: build_runtime(engine, onnx_path, precision=precision,
+                                                                      threads=threads))
+        return cls(runtime, names=meta["names"], variant=meta["variant"], strides=meta["strides"],
+                   input_size=meta["input_size"])
 
     def __repr__(self) -> str:
         return (f"ExportedDetector(variant={self.variant!r}, num_classes={self.num_classes}, "
