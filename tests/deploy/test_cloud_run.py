@@ -1,12 +1,14 @@
 """deploy/cloud-run/service*.yaml: Knative-style services within Cloud Run's own rules.
 
 Cloud Run's rules, from its documentation (cloud.google.com/run/docs: "Container runtime contract",
-"Configure container health checks", "GPU support"; the service YAML reference): one container port, named
-``http1`` or ``h2c``; ``PORT``, ``K_SERVICE``, ``K_REVISION`` and ``K_CONFIGURATION`` are reserved (set by
-Cloud Run, refused in ``env``); a startup probe's ``periodSeconds`` is at most 240, its ``timeoutSeconds`` at
-most ``periodSeconds``, and it gives up after ``initialDelaySeconds + failureThreshold × periodSeconds`` ≤ 240
-s; a GPU service has ``nvidia.com/gpu: 1``, the ``run.googleapis.com/accelerator`` node selector, at least 4
-CPUs and 16 GiB, and CPU always allocated (``run.googleapis.com/cpu-throttling: "false"``).
+"Configure container health checks", "GPU support"; the service YAML reference) and its Admin API v2 ``Probe``
+reference (googleapis ``run:v2`` ``GoogleCloudRunV2Probe``): one container port, named ``http1`` or ``h2c``;
+``PORT``, ``K_SERVICE``, ``K_REVISION`` and ``K_CONFIGURATION`` are reserved ("the environment variables defined
+in the container runtime contract are reserved and cannot be set", Configure environment variables); a startup
+probe's ``initialDelaySeconds`` and ``periodSeconds`` are at most 240, ``periodSeconds`` at least
+``timeoutSeconds`` (the Probe reference), and ``failureThreshold × periodSeconds`` at most 240 s (Configure
+container health checks); a GPU service has ``nvidia.com/gpu: 1``, the ``run.googleapis.com/accelerator`` node
+selector, at least 4 CPUs and 16 GiB, and CPU always allocated (``run.googleapis.com/cpu-throttling: "false"``).
 """
 
 from __future__ import annotations
@@ -42,10 +44,10 @@ def cloud_run_problems(service: dict) -> list[str]:
         problems.append(f"reserved env set: {sorted(reserved)}")
     probe = container.get("startupProbe", {})
     period, failures = probe.get("periodSeconds", 10), probe.get("failureThreshold", 3)
-    if period > 240 or probe.get("timeoutSeconds", 1) > period:
-        problems.append("startupProbe periodSeconds <= 240 and timeoutSeconds <= periodSeconds")
-    if probe.get("initialDelaySeconds", 0) + failures * period > 240:
-        problems.append("startupProbe gives up after more than 240 s")
+    if period > 240 or probe.get("timeoutSeconds", 1) > period or probe.get("initialDelaySeconds", 0) > 240:
+        problems.append("startupProbe periodSeconds and initialDelaySeconds <= 240, timeoutSeconds <= periodSeconds")
+    if failures * period > 240:
+        problems.append("startupProbe failureThreshold x periodSeconds over 240 s")
     for kind in ("startupProbe", "livenessProbe"):
         port = container.get(kind, {}).get("httpGet", {}).get("port")
         if port is not None and ports and port != ports[0]["containerPort"]:
@@ -71,6 +73,18 @@ def test_cloud_run_rules_catch_a_reserved_port_variable():
     service = load(FILES[0])
     service["spec"]["template"]["spec"]["containers"][0]["env"] = [{"name": "PORT", "value": "8080"}]
     assert cloud_run_problems(service) == ["reserved env set: ['PORT']"]
+
+
+@pytest.mark.parametrize(("probe", "problem"), [
+    ({"periodSeconds": 241, "timeoutSeconds": 1, "failureThreshold": 1}, "periodSeconds and initialDelaySeconds"),
+    ({"periodSeconds": 10, "timeoutSeconds": 11, "failureThreshold": 1}, "timeoutSeconds <= periodSeconds"),
+    ({"initialDelaySeconds": 241, "periodSeconds": 10, "failureThreshold": 1}, "initialDelaySeconds <= 240"),
+    ({"periodSeconds": 10, "failureThreshold": 25}, "failureThreshold x periodSeconds over 240 s"),
+])
+def test_cloud_run_rules_catch_a_startup_probe_it_refuses(probe, problem):
+    service = load(FILES[0])
+    service["spec"]["template"]["spec"]["containers"][0]["startupProbe"] = {"tcpSocket": {"port": 8080}, **probe}
+    assert any(problem in found for found in cloud_run_problems(service)), cloud_run_problems(service)
 
 
 @pytest.mark.parametrize("path", FILES)
