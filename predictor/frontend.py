@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from predictor.pipeline import DetectionPipeline, PreparedImage, for_gpu_decode, letterbox_source
-from predictor.slots import SlotFile, SlotPool
+from predictor.slots import SlotPool
 
 __all__ = ["ModelLink", "run_front_end"]
 
@@ -32,10 +33,10 @@ class ModelLink:
     + letterbox here) and ``detect`` (the model process's batcher), ``server_timing``, ``summary``."""
 
     def __init__(self, spec: Any, limits: Any, metrics: Any):
-        from predictor.ops import letterbox
+        from predictor.boxes import letterbox
 
         self.spec, self.limits, self.metrics = spec, limits, metrics
-        self.slots = SlotFile(spec.slot_path, spec.slot_count, spec.input_size, create=False)
+        self.slots = spec.slots  # mapped at spawn (predictor.slots)
         self.pool = SlotPool(spec.slot_count)
         self.gpu_decode = bool(spec.summary.get("gpu_decode"))  # the model process decodes JPEGs (nvJPEG)
         size = spec.input_size
@@ -112,6 +113,7 @@ class ModelLink:
                 self._answer(*self._conn.recv())
         except (EOFError, OSError):
             log.error("front end %d: the model process is gone; exiting", self.spec.index)
+            shutil.rmtree(self.spec.run_dir, ignore_errors=True)  # nothing outlives the pod's processes
             os._exit(EXIT_MODEL_GONE)
 
     def _answer(self, key: int, detections: Any, timings: Any, geometries: Any) -> None:
