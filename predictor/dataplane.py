@@ -41,7 +41,8 @@ from typing import Any
 
 from predictor.slots import SlotFile
 
-__all__ = ["FrontEndSpec", "MAX_RESTARTS", "MULTIPROC_ENV", "RESTART_WINDOW_S", "claim_run_dir", "serve_front_ends"]
+__all__ = ["FrontEndSpec", "MAX_RESTARTS", "MULTIPROC_ENV", "RESTART_WINDOW_S", "claim_run_dir", "remove_if_stale",
+           "serve_front_ends"]
 
 log = logging.getLogger("predictor")
 
@@ -74,21 +75,30 @@ def claim_run_dir(parent: str) -> str:
 
 def sweep_stale_run_dirs(parent: str) -> list[str]:
     """Remove the run folders under ``parent`` whose owner lock nobody holds; the folders removed."""
-    swept = []
-    for folder in glob.glob(os.path.join(parent, f"{RUN_DIR_PREFIX}*")):
-        try:
-            fd = os.open(os.path.join(folder, OWNER_LOCK), os.O_RDWR | os.O_CLOEXEC)
-        except OSError:  # no lock file: not a run folder of this kind, or not ours to judge
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:  # held: its model process lives
-            continue
-        finally:
-            os.close(fd)
-        shutil.rmtree(folder, ignore_errors=True)
-        swept.append(folder)
-    return swept
+    return [folder for folder in glob.glob(os.path.join(parent, f"{RUN_DIR_PREFIX}*")) if remove_if_stale(folder)]
+
+
+def remove_if_stale(run_dir: str, wait_s: float = 0.0) -> bool:
+    """Remove ``run_dir`` if its owner lock is free (waiting up to ``wait_s`` for it); whether it was removed.
+    A folder without the lock file is not judged (not a run folder of this kind)."""
+    try:
+        fd = os.open(os.path.join(run_dir, OWNER_LOCK), os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return False
+    deadline = time.monotonic() + wait_s
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:  # held: its model process lives (or is still closing its files)
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(0.05)
+    finally:
+        os.close(fd)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return True
 
 
 @dataclass(frozen=True)

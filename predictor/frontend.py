@@ -11,13 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import shutil
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
+from predictor.dataplane import remove_if_stale
 from predictor.pipeline import DetectionPipeline, PreparedImage, for_gpu_decode, letterbox_source
 from predictor.slots import SlotPool
 
@@ -26,6 +26,7 @@ __all__ = ["ModelLink", "run_front_end"]
 log = logging.getLogger("predictor")
 
 EXIT_MODEL_GONE = 70  # EX_SOFTWARE: the model process went away
+STALE_WAIT_S = 2.0  # for the dead model process's run-folder lock to be released (it closes its files in turn)
 
 
 class ModelLink:
@@ -113,7 +114,7 @@ class ModelLink:
                 self._answer(*self._conn.recv())
         except (EOFError, OSError):
             log.error("front end %d: the model process is gone; exiting", self.spec.index)
-            shutil.rmtree(self.spec.run_dir, ignore_errors=True)  # nothing outlives the pod's processes
+            remove_if_stale(self.spec.run_dir, wait_s=STALE_WAIT_S)  # nothing outlives the pod's processes
             os._exit(EXIT_MODEL_GONE)
 
     def _answer(self, key: int, detections: Any, timings: Any, geometries: Any) -> None:
