@@ -16,7 +16,6 @@ import dataclasses
 import logging
 import os
 import sys
-import tempfile
 from typing import Any
 
 from predictor.settings import PredictorSettings
@@ -28,7 +27,6 @@ GIL_SWITCH_INTERVAL_S = 0.0001
 OPENMP_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
 # --workers > 1: metrics files (prometheus_client multiprocess) and shared slots live in a fresh folder here
 RUN_DIR_PARENT = "/tmp"  # the image's root is read-only; /tmp is writable
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -164,9 +162,9 @@ def main(argv: list[str] | None = None) -> None:
     workers, _ = planned_workers(argv)
     run_dir = None
     if workers > 1:  # before prometheus_client is imported, here and (inherited) in every front end
-        run_dir = tempfile.mkdtemp(prefix="yolo-v7-", dir=RUN_DIR_PARENT)
-        os.makedirs(os.path.join(run_dir, "metrics"))
-        os.environ[MULTIPROC_ENV] = os.path.join(run_dir, "metrics")
+        from predictor.dataplane import claim_run_dir
+
+        run_dir = claim_run_dir(RUN_DIR_PARENT)
 
     from predictor.model import YoloV7Model
     from predictor.settings import SettingsError, default_weights, serving_ports

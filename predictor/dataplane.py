@@ -16,25 +16,33 @@
 * A front end whose pipe to the model process breaks (the model process died) exits at once: with the
   model process gone the container ends, never a server that accepts requests and hangs.
 * Metrics: prometheus_client's multiprocess mode; each front end's ``/metrics`` sums every process's.
+* Nothing outlives the pod's processes: the slot files have no name (:mod:`predictor.slots`); the run
+  folder (metrics files) is removed by the model process at exit, by the front ends when the model process
+  died, and, if every process was killed at once, by the next model process to start (:func:`claim_run_dir`:
+  a folder whose owner's lock is free is stale).
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import glob
 import logging
 import multiprocessing
 import os
 import shutil
 import signal
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from predictor.slots import SlotFile, slot_dir
+from predictor.slots import SlotFile
 
-__all__ = ["FrontEndSpec", "MAX_RESTARTS", "RESTART_WINDOW_S", "serve_front_ends"]
+__all__ = ["FrontEndSpec", "MAX_RESTARTS", "MULTIPROC_ENV", "RESTART_WINDOW_S", "claim_run_dir", "remove_if_stale",
+           "serve_front_ends"]
 
 log = logging.getLogger("predictor")
 
@@ -42,6 +50,55 @@ MAX_RESTARTS = 5  # front-end restarts allowed within RESTART_WINDOW_S before th
 RESTART_WINDOW_S = 60.0
 STOP_GRACE_S = 10.0
 WATCH_INTERVAL_S = 0.5
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's own name for its metrics folder
+RUN_DIR_PREFIX = "yolo-v7-"
+OWNER_LOCK = "owner.lock"  # in the run folder: flock'ed by the model process as long as it lives
+_owner_locks: list[int] = []  # held until this process ends
+
+
+def claim_run_dir(parent: str) -> str:
+    """A fresh run folder under ``parent`` (metrics files), owned by this process until it ends: its
+    ``owner.lock`` stays locked (``flock``; the kernel releases it however the process ends). Stale folders
+    (their lock free: every process of that pod died, SIGKILL included) are removed first. Sets
+    ``PROMETHEUS_MULTIPROC_DIR``: call it before anything imports prometheus_client."""
+    sweep_stale_run_dirs(parent)
+    making = tempfile.mkdtemp(prefix=f".{RUN_DIR_PREFIX}", dir=parent)  # named for the sweep once locked
+    fd = os.open(os.path.join(making, OWNER_LOCK), os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    _owner_locks.append(fd)
+    run_dir = os.path.join(parent, os.path.basename(making)[1:])
+    os.rename(making, run_dir)
+    os.makedirs(os.path.join(run_dir, "metrics"))
+    os.environ[MULTIPROC_ENV] = os.path.join(run_dir, "metrics")
+    return run_dir
+
+
+def sweep_stale_run_dirs(parent: str) -> list[str]:
+    """Remove the run folders under ``parent`` whose owner lock nobody holds; the folders removed."""
+    return [folder for folder in glob.glob(os.path.join(parent, f"{RUN_DIR_PREFIX}*")) if remove_if_stale(folder)]
+
+
+def remove_if_stale(run_dir: str, wait_s: float = 0.0) -> bool:
+    """Remove ``run_dir`` if its owner lock is free (waiting up to ``wait_s`` for it); whether it was removed.
+    A folder without the lock file is not judged (not a run folder of this kind)."""
+    try:
+        fd = os.open(os.path.join(run_dir, OWNER_LOCK), os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return False
+    deadline = time.monotonic() + wait_s
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:  # held: its model process lives (or is still closing its files)
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(0.05)
+    finally:
+        os.close(fd)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return True
 
 
 @dataclass(frozen=True)
@@ -52,7 +109,8 @@ class FrontEndSpec:
     args: dict[str, Any]  # the parsed command line (KServe's flags)
     settings: Any  # PredictorSettings
     conn: Connection
-    slot_path: str
+    slots: SlotFile  # pickled as a descriptor (see predictor.slots)
+    run_dir: str  # removed by the front ends if the model process dies
     slot_count: int
     input_size: int
     names: list[str]
@@ -87,12 +145,8 @@ class _Host:
         s = model.settings
         # all of a request's images at once, and two batches in flight
         self.slot_count = max(s.max_images_per_request, 2 * s.max_batch_size)
-        where = slot_dir(run_dir, count * self.slot_count * size * size * 3)
-        self.front_ends = [
-            _FrontEnd(i, SlotFile(os.path.join(where, f"yolo-v7-{os.getpid()}-slots-{i}"), self.slot_count, size,
-                                  create=True))
-            for i in range(count)
-        ]
+        self.front_ends = [_FrontEnd(i, SlotFile.create(f"yolo-v7-slots-{i}", self.slot_count, size, run_dir))
+                           for i in range(count)]
         pipeline.preparing_elsewhere = self.preparing
         self.context = multiprocessing.get_context("spawn")
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -112,8 +166,8 @@ class _Host:
         ours, theirs = self.context.Pipe(duplex=True)
         pipeline = self.model.pipeline
         spec = FrontEndSpec(
-            index=fe.index, args=self.args, settings=self.model.settings, conn=theirs, slot_path=fe.slots.path,
-            slot_count=self.slot_count, input_size=pipeline.detector.input_size, names=list(self.model.names),
+            index=fe.index, args=self.args, settings=self.model.settings, conn=theirs, slots=fe.slots,
+            run_dir=self.run_dir, slot_count=self.slot_count, input_size=pipeline.detector.input_size, names=list(self.model.names),
             summary=pipeline.summary(),
         )
         fe.slots.preparing[0] = 0
@@ -122,10 +176,18 @@ class _Host:
         process.start()
         theirs.close()
         fe.process, fe.conn = process, ours
+        self.record_processes()
         assert self.loop is not None
         # read on the event loop itself: a reader thread would add a wake-up (a scheduling slot) per message
         self.loop.add_reader(ours.fileno(), self._read, fe, ours)
         log.info("front end %d started (pid %d)", fe.index, process.pid)
+
+    def record_processes(self) -> None:
+        """Every process of the pod by label, for the process metrics of ``/metrics`` (predictor.metrics)."""
+        from predictor.metrics import record_processes
+
+        record_processes({"model": os.getpid(), **{f"front-end-{fe.index}": fe.process.pid
+                                                   for fe in self.front_ends if fe.process is not None}})
 
     def _read(self, fe: _FrontEnd, conn: Connection) -> None:
         try:
@@ -230,18 +292,14 @@ class _Host:
             if process.is_alive():
                 process.kill()
                 process.join(5)
-        for fe in self.front_ends:
-            fe.slots.unlink()
 
 
 def serve_front_ends(model: Any, args: dict[str, Any], count: int, run_dir: str) -> int:
     """Serve ``model`` (loaded here) behind ``count`` front-end processes until SIGTERM; the exit code."""
     host = _Host(model, args, count, run_dir)
-    log.info("model process %d: %d front ends, %d shared slots each (%s)", os.getpid(), count, host.slot_count,
-             os.path.dirname(host.front_ends[0].slots.path))
+    log.info("model process %d: %d front ends, %d shared slots each (run folder %s)", os.getpid(), count,
+             host.slot_count, run_dir)
     try:
         return asyncio.run(host.serve())
     finally:
-        for fe in host.front_ends:
-            fe.slots.unlink()
         shutil.rmtree(run_dir, ignore_errors=True)

@@ -17,14 +17,16 @@ from typing import Any
 
 import numpy as np
 
+from predictor.dataplane import remove_if_stale
 from predictor.pipeline import DetectionPipeline, PreparedImage, for_gpu_decode, letterbox_source
-from predictor.slots import SlotFile, SlotPool
+from predictor.slots import SlotPool
 
 __all__ = ["ModelLink", "run_front_end"]
 
 log = logging.getLogger("predictor")
 
 EXIT_MODEL_GONE = 70  # EX_SOFTWARE: the model process went away
+STALE_WAIT_S = 2.0  # for the dead model process's run-folder lock to be released (it closes its files in turn)
 
 
 class ModelLink:
@@ -32,10 +34,10 @@ class ModelLink:
     + letterbox here) and ``detect`` (the model process's batcher), ``server_timing``, ``summary``."""
 
     def __init__(self, spec: Any, limits: Any, metrics: Any):
-        from predictor.ops import letterbox
+        from predictor.boxes import letterbox
 
         self.spec, self.limits, self.metrics = spec, limits, metrics
-        self.slots = SlotFile(spec.slot_path, spec.slot_count, spec.input_size, create=False)
+        self.slots = spec.slots  # mapped at spawn (predictor.slots)
         self.pool = SlotPool(spec.slot_count)
         self.gpu_decode = bool(spec.summary.get("gpu_decode"))  # the model process decodes JPEGs (nvJPEG)
         size = spec.input_size
@@ -112,6 +114,7 @@ class ModelLink:
                 self._answer(*self._conn.recv())
         except (EOFError, OSError):
             log.error("front end %d: the model process is gone; exiting", self.spec.index)
+            remove_if_stale(self.spec.run_dir, wait_s=STALE_WAIT_S)  # nothing outlives the pod's processes
             os._exit(EXIT_MODEL_GONE)
 
     def _answer(self, key: int, detections: Any, timings: Any, geometries: Any) -> None:

@@ -17,16 +17,29 @@ which is the one KServe's ``/metrics`` handler exposes.
   ``too_many_pixels``, ``payload_too_large``, ``parameter``, ``overloaded``, ...).
 * ``yolo_images_in_flight`` — images admitted now (decoding, queued or in a batch); at most
   ``--max_queued_images``.
+
+Prometheus' process metrics (``process_resident_memory_bytes``, ``process_cpu_seconds_total``,
+``process_open_fds``, ``process_max_fds``, ``process_virtual_memory_bytes``, ``process_start_time_seconds``)
+come, with several front ends, once per process of the pod, labelled ``process="model"`` or
+``process="front-end-<i>"`` (:class:`PodProcesses`): ``sum(process_resident_memory_bytes)`` is the pod's,
+as it is the one process's with ``--workers 1``. A front end started again keeps its label (its counters
+start again from zero, as a restarted process's do).
 """
 
 from __future__ import annotations
 
+import json
+import os
 import threading
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import Metric
 
-__all__ = ["ServiceMetrics", "multiprocess_exposition", "service_metrics"]
+__all__ = ["PodProcesses", "ServiceMetrics", "multiprocess_exposition", "record_processes", "service_metrics"]
+
+PROCESSES_FILE = "processes.json"  # in that folder: {process label: pid}, written by the model process
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128, 256)
@@ -89,5 +102,48 @@ def multiprocess_exposition(accept: str | None) -> tuple[bytes, str]:
 
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)
+    registry.register(PodProcesses(recorded_processes()))
     encoder, content_type = exposition.choose_encoder(accept)
     return encoder(registry), content_type
+
+
+def record_processes(processes: Mapping[str, int]) -> None:
+    """The model process: the pod's processes, by label (``model``, ``front-end-<i>``), for every front end's
+    ``/metrics`` (written whole, then renamed: a reader never sees half of it)."""
+    from predictor.dataplane import MULTIPROC_ENV
+
+    folder = os.environ[MULTIPROC_ENV]
+    path = os.path.join(folder, PROCESSES_FILE)
+    with open(f"{path}.new", "w") as out:
+        json.dump(dict(processes), out)
+    os.replace(f"{path}.new", path)
+
+
+def recorded_processes() -> dict[str, int]:
+    from predictor.dataplane import MULTIPROC_ENV
+
+    try:
+        with open(os.path.join(os.environ[MULTIPROC_ENV], PROCESSES_FILE)) as recorded:
+            return {str(label): int(pid) for label, pid in json.load(recorded).items()}
+    except (KeyError, OSError, ValueError):
+        return {}
+
+
+class PodProcesses:
+    """A collector: Prometheus' process metrics (read from ``/proc/<pid>``, as its ``ProcessCollector`` does
+    for one process) for each of ``processes`` ({label: pid}), labelled ``process=<label>``. A process gone
+    meanwhile is left out."""
+
+    def __init__(self, processes: Mapping[str, int]):
+        self.processes = dict(processes)
+
+    def collect(self) -> Iterator[Metric]:
+        from prometheus_client import ProcessCollector
+
+        families: dict[str, Metric] = {}
+        for label, pid in self.processes.items():
+            for family in ProcessCollector(pid=lambda pid=pid: pid, registry=None).collect():
+                merged = families.setdefault(family.name, Metric(family.name, family.documentation, family.type))
+                for sample in family.samples:
+                    merged.add_sample(sample.name, {**sample.labels, "process": label}, sample.value)
+        yield from families.values()

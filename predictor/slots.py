@@ -1,10 +1,16 @@
 """Shared-memory slots between one front-end process and the model process (``--workers`` > 1).
 
-One file per front end, mapped by both processes (``mmap``, in ``/dev/shm`` when it has room, else the
-run directory under ``/tmp``: the image runs with a read-only root and a writable ``/tmp``)::
+One anonymous memory file per front end (``memfd_create``), mapped by both processes (``mmap``)::
 
     [ header: 64 bytes ][ slot 0: uint8 [S, S, 3] ][ slot 1 ] ... [ slot n - 1 ]
 
+* Nothing is left behind: the file has no name in any folder (``/dev/shm`` included), so the kernel frees
+  it when the last process holding it ends, however it ends (SIGKILL, OOM kill). The model process keeps
+  its descriptor (a front end started again maps the same file); a front end gets it at spawn, passed as
+  a descriptor (pickling a :class:`SlotFile` duplicates it for the child), never by path. Where
+  ``memfd_create`` is missing the file is made in ``/dev/shm`` (else the run directory) and unlinked at
+  once: the same lifetime. Not being in ``/dev/shm`` also keeps the slots clear of its size limit (64 MB
+  in a container by default); their pages count in the pod's memory like any shared memory.
 * The header's first int64 is the number of images the front end is decoding now (written by the front
   end only, read by the model process's batcher: a partial batch waits for them, as in one process).
 * A slot holds one letterboxed image. The front end takes free slots (all of a request's at once, so two
@@ -21,55 +27,73 @@ from __future__ import annotations
 import asyncio
 import mmap
 import os
-from pathlib import Path
+import tempfile
+from typing import Any
 
 import numpy as np
 
-__all__ = ["HEADER_BYTES", "SlotFile", "SlotPool", "slot_dir"]
+__all__ = ["HEADER_BYTES", "SlotFile", "SlotPool"]
 
 HEADER_BYTES = 64
 SHM_DIR = "/dev/shm"
 
 
-def slot_dir(run_dir: str, total_bytes: int) -> str:
-    """``/dev/shm`` when writable with room for ``total_bytes`` (memory-backed), else ``run_dir``."""
+def _anonymous_file(name: str, length: int, fallback_dir: str) -> int:
+    """A descriptor of a new file of ``length`` bytes (sparse) that no folder lists."""
     try:
-        stat = os.statvfs(SHM_DIR)
-        if os.access(SHM_DIR, os.W_OK) and stat.f_bavail * stat.f_frsize > 2 * total_bytes:
-            return SHM_DIR
-    except OSError:
-        pass
-    return run_dir
+        fd = os.memfd_create(name, os.MFD_CLOEXEC)
+    except (AttributeError, OSError):  # no memfd (an old kernel, a sandbox): a file unlinked at once
+        where = SHM_DIR if os.access(SHM_DIR, os.W_OK) else fallback_dir
+        fd, path = tempfile.mkstemp(prefix=f"{name}-", dir=where)
+        os.unlink(path)
+    os.ftruncate(fd, length)  # sparse: pages take memory when first written
+    return fd
 
 
 class SlotFile:
-    """The mapped file: ``count`` slots of ``uint8 [size, size, 3]`` plus the header."""
+    """The mapped file: ``count`` slots of ``uint8 [size, size, 3]`` plus the header.
 
-    def __init__(self, path: str | Path, count: int, size: int, *, create: bool):
-        self.path = str(path)
+    Made by the model process with :meth:`create`; pickled to a front end (spawn) it travels as a
+    descriptor and is mapped again there."""
+
+    def __init__(self, fd: int, count: int, size: int, *, keep_fd: bool):
         self.count, self.size = count, size
         self.slot_bytes = size * size * 3
-        length = HEADER_BYTES + count * self.slot_bytes
-        flags = os.O_RDWR | (os.O_CREAT if create else 0)
-        fd = os.open(self.path, flags, 0o600)
-        try:
-            if create:
-                os.ftruncate(fd, length)  # sparse: pages take memory when first written
-            self._map = mmap.mmap(fd, length)
-        finally:
+        self._map = mmap.mmap(fd, HEADER_BYTES + count * self.slot_bytes)
+        if keep_fd:
+            self._fd: int | None = fd
+        else:
+            self._fd = None
             os.close(fd)
         self.preparing = np.frombuffer(self._map, dtype=np.int64, count=1, offset=0)
         self._slots = np.frombuffer(self._map, dtype=np.uint8, offset=HEADER_BYTES).reshape(count, size, size, 3)
+
+    @classmethod
+    def create(cls, name: str, count: int, size: int, fallback_dir: str) -> SlotFile:
+        """A new slot file (``name`` shows in ``/proc/<pid>/maps`` as ``/memfd:<name>``)."""
+        fd = _anonymous_file(name, HEADER_BYTES + count * size * size * 3, fallback_dir)
+        return cls(fd, count, size, keep_fd=True)
+
+    def __reduce__(self) -> tuple[Any, tuple]:
+        from multiprocessing.reduction import DupFd
+
+        if self._fd is None:
+            raise TypeError("only the slot file's creator can pass it on")
+        return _attach, (DupFd(self._fd), self.count, self.size)
 
     def slot(self, index: int) -> np.ndarray:
         """Slot ``index`` as a ``uint8 [S, S, 3]`` view (no copy)."""
         return self._slots[index]
 
-    def unlink(self) -> None:
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+    def close(self) -> None:
+        """Drop this process's descriptor (the mapping stays until the process ends)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _attach(dup: Any, count: int, size: int) -> SlotFile:
+    return SlotFile(dup.detach(), count, size, keep_fd=False)
 
 
 class SlotPool:

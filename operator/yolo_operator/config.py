@@ -109,6 +109,10 @@ CONTAINER_NAME = "kserve-container"
 HTTP_PORT = 8080
 GRPC_PORT = 8081
 DEFAULT_GPU_RESOURCE = "nvidia.com/gpu"
+# Memory each front-end process adds to a replica (spec.workers > 1: the predictor's --workers), on top of
+# resources.memory, which sizes the model process: ~135 MB resident per front end (no torch), its shared
+# slots (up to max(maxImagesPerRequest, 2 x maxBatchSize) letterboxed images: 78 MB at 640) and decode room.
+FRONT_END_MEMORY = "384Mi"
 
 ENV_PREFIX = "YOLO_OPERATOR_"
 

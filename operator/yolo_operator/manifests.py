@@ -11,12 +11,13 @@ declares its flags once, and the operator never spells a flag name itself (KServ
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Mapping
 from typing import Any
 
 from kubernetes.utils.quantity import parse_quantity
 
-from predictor.settings import PredictorSettings
+from predictor.settings import PredictorSettings, front_ends
 
 from . import config as c
 from .config import OperatorConfig
@@ -182,13 +183,40 @@ def container_resources(spec: Mapping[str, Any]) -> dict[str, Any]:
     (an extended resource is set as a limit). KServe's defaulting webhook fills only what is missing, from its
     ``inferenceservice-config`` (``inference_service_defaults.go:77-93``: stock cpuLimit "1"), which would put a
     limit under our request and have every pod refused."""
-    resources = normalise(spec)["resources"]
-    requests = {"cpu": str(resources["cpu"]), "memory": str(resources["memory"])}
-    limits: dict[str, str] = {"cpu": str(resources["cpuLimit"]), "memory": str(resources["memory"])}
+    spec = normalise(spec)
+    resources = spec["resources"]
+    memory = replica_memory(spec)
+    requests = {"cpu": str(resources["cpu"]), "memory": memory}
+    limits: dict[str, str] = {"cpu": str(resources["cpuLimit"]), "memory": memory}
     gpus = int(resources["gpu"])
     if gpus > 0:
         limits[resources["gpuResourceName"]] = str(gpus)
     return {"requests": requests, "limits": limits}
+
+
+def front_end_processes(spec: Mapping[str, Any]) -> int:
+    """Front-end processes per replica (0: one process serves alone): the predictor's own count for
+    ``spec.workers`` (``predictor.settings.front_ends``), auto counting the cores of the CPU limit as the
+    predictor does inside the pod (cgroup quota)."""
+    spec = normalise(spec)
+    resources = spec["resources"]
+    device = "cuda" if int(resources["gpu"]) > 0 else "cpu"
+    cores = max(1, math.ceil(parse_quantity(str(resources["cpuLimit"]))))  # rounded up: 1500m → 2
+    count = front_ends(int(spec["workers"]), device, cores)
+    return count if count > 1 else 0
+
+
+def replica_memory(spec: Mapping[str, Any]) -> str:
+    """The memory request and limit of a replica: ``resources.memory`` (the model process) plus
+    ``FRONT_END_MEMORY`` per front-end process."""
+    spec = normalise(spec)
+    memory = str(spec["resources"]["memory"])
+    count = front_end_processes(spec)
+    if count == 0:
+        return memory
+    total = parse_quantity(memory) + count * parse_quantity(c.FRONT_END_MEMORY)
+    mebibytes = total / (1 << 20)
+    return f"{int(mebibytes)}Mi" if mebibytes == int(mebibytes) else str(math.ceil(total))
 
 
 def container_security_context() -> dict[str, Any]:

@@ -173,6 +173,21 @@ def _scrape_batches(http_url: str) -> tuple[float, float]:
     return values.get("yolo_batch_size_sum", 0.0), values.get("yolo_batch_size_count", 0.0)
 
 
+def _triton_env(python: str, repo: Path) -> dict[str, str]:
+    """The environment for PyTriton's server. Its Python-backend stub is linked against
+    ``libpython3.X.so.1.0`` and takes the first one the loader finds — on Debian the system's (3.11.2) —
+    while it runs the standard library of the venv's interpreter (here pyenv's 3.11.7): the mismatch
+    fails the model load with ``'_thread.RLock' object has no attribute '_recursion_count'`` (3.11.7's
+    ``multiprocessing/resource_tracker.py`` calls what 3.11.2's C ``RLock`` lacks). The interpreter's own
+    ``libpython`` first on ``LD_LIBRARY_PATH`` makes the stub's runtime and standard library one version."""
+    libdir = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_config_var('LIBDIR') or '')"],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    if libdir and any(Path(libdir).glob("libpython3*.so.1.0")):
+        env["LD_LIBRARY_PATH"] = ":".join(filter(None, (libdir, env.get("LD_LIBRARY_PATH"))))
+    return env
+
+
 @contextlib.contextmanager
 def _triton(stub_ms: float):
     """PyTriton's server (HTTP + gRPC ports) in its own interpreter; yields a dict (ports, pid) or the error."""
@@ -189,7 +204,7 @@ def _triton(stub_ms: float):
         process = subprocess.Popen(
             [python, "-m", "tests.bench.pytriton_baseline", "--http_port", str(http_port), "--grpc_port",
              str(grpc_port), "--stub_ms", str(stub_ms), "--max_batch_size", str(MAX_BATCH)],
-            cwd=repo, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(repo)})
+            cwd=repo, stdout=out, stderr=subprocess.STDOUT, env=_triton_env(python, repo))
     try:
         import httpx
 

@@ -119,6 +119,35 @@ def test_metrics_are_summed_over_every_process(workers_server, images):
     assert after["yolo_images_in_flight"] == 0
 
 
+def test_process_metrics_cover_every_process(workers_server):
+    """Prometheus' process metrics, once per process of the pod, labelled by its role."""
+    front_ends = _front_ends(workers_server.pid)
+    with httpx.Client(timeout=60) as http:
+        values = scrape(http, workers_server)
+    labels = {"model": workers_server.pid, "front-end-0": None, "front-end-1": None}
+    for name in ("process_resident_memory_bytes", "process_cpu_seconds_total", "process_open_fds",
+                 "process_start_time_seconds"):
+        for label in labels:
+            assert values.get(f'{name}{{process="{label}"}}', 0) > 0, (name, label)
+    model_rss = int(Path(f"/proc/{workers_server.pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    assert 0.7 < values['process_resident_memory_bytes{process="model"}'] / model_rss < 1.3
+    front_rss = sum(int(Path(f"/proc/{pid}/statm").read_text().split()[1]) for pid in front_ends) * \
+        os.sysconf("SC_PAGE_SIZE")
+    scraped = values['process_resident_memory_bytes{process="front-end-0"}'] + \
+        values['process_resident_memory_bytes{process="front-end-1"}']
+    assert 0.7 < scraped / front_rss < 1.3
+
+
+def test_front_ends_do_not_load_torch(workers_server, images):
+    """A front end parses, decodes and letterboxes (predictor.boxes): torch (~0.6 GB resident) stays in the
+    model process. Checked after requests on every protocol, in each front end's memory map."""
+    _answers(workers_server, images)
+    for pid in _front_ends(workers_server.pid):
+        maps = Path(f"/proc/{pid}/maps").read_text()
+        assert "libtorch" not in maps and "/torch/" not in maps, pid
+    assert "libtorch" in Path(f"/proc/{workers_server.pid}/maps").read_text()  # not vacuous
+
+
 def test_killed_front_end_is_started_again(workers_server, images):
     first = _front_ends(workers_server.pid)
     victim = min(first)
@@ -145,18 +174,38 @@ def _ready_everywhere(server) -> bool:
     return True
 
 
-def test_model_process_death_ends_the_front_ends(tiny_weights, images):
-    """SIGKILL the model process: the front ends exit (their pipe breaks), the ports close; no hang."""
+def _mapped_files(pid: int) -> set[str]:
+    """The files ``pid`` maps that belong to the data plane (slots, metrics)."""
+    return {line.split(None, 5)[5] for line in Path(f"/proc/{pid}/maps").read_text().splitlines()
+            if "yolo-v7" in line and len(line.split(None, 5)) == 6}
+
+
+def _run_dir(front_end: int) -> Path:
+    environ = dict(item.split(b"=", 1) for item in Path(f"/proc/{front_end}/environ").read_bytes().split(b"\0")
+                   if b"=" in item)
+    return Path(environ[b"PROMETHEUS_MULTIPROC_DIR"].decode()).parent
+
+
+def test_model_process_death_ends_the_front_ends_and_leaves_nothing_behind(tiny_weights, images):
+    """SIGKILL the model process: the front ends exit (their pipe breaks), the ports close; no hang. Nothing
+    of the pod stays behind: no slot file in /dev/shm (or anywhere), no run folder in /tmp."""
     with predictor_server(tiny_weights, extra_args=[*SERVER_ARGS, "--workers", "2"], env=SERVER_ENV) as running:
         front_ends = _wait(lambda: (lambda f: f if len(f) == 2 else None)(_front_ends(running.pid)), 60,
                            "two front ends")
         with httpx.Client(timeout=120) as http:
             http.post(running.infer_url, json=v2_request(images["bus"])).raise_for_status()
+        mapped = set().union(*(_mapped_files(pid) for pid in {running.pid, *front_ends}))
+        assert any("slots" in name for name in mapped), mapped  # not vacuous: the slots are mapped
+        run_dir = _run_dir(min(front_ends))
+        assert run_dir.is_dir()
         os.kill(running.pid, signal.SIGKILL)
         running.process.wait(timeout=10)
         _wait(lambda: not any(_alive(pid) for pid in front_ends), 30, "the front ends to exit")
         with pytest.raises(httpx.TransportError):
             httpx.get(f"{running.http_url}/v2/health/ready", timeout=5)
+    left = {name for name in mapped if name.startswith("/") and os.path.exists(name)}
+    assert not left, f"left behind: {sorted(left)}"
+    assert not run_dir.exists(), f"left behind: {run_dir}"
 
 
 def test_grpc_calls_are_not_logged_unless_asked(workers_server, images):

@@ -268,6 +268,27 @@ def test_built_manifest_does_not_differ_from_itself_as_the_server_returns_it():
     assert manifests.differs(isvc, live)
 
 
+def test_replica_memory_grows_by_one_increment_per_front_end():
+    """resources.memory sizes the model process; each front-end process (spec.workers > 1) adds
+    FRONT_END_MEMORY to the request and the limit. Auto (0) counts the cores of the CPU limit on a GPU."""
+    from kubernetes.utils.quantity import parse_quantity
+
+    def memory(**spec) -> tuple:
+        resources = container(build(spec))["resources"]
+        return parse_quantity(resources["requests"]["memory"]), parse_quantity(resources["limits"]["memory"])
+
+    gpu = {"gpu": 1, "cpu": "4", "memory": "4Gi"}
+    step = parse_quantity(c.FRONT_END_MEMORY)
+    base = parse_quantity("4Gi")
+    assert memory(resources=gpu) == (base, base)  # workers 1: one process, as before
+    assert memory(resources=gpu, workers=4) == (base + 4 * step,) * 2
+    assert memory(resources={**gpu, "cpuLimit": "1500m"}, workers=0) == (base + 2 * step,) * 2  # auto: 2 cores
+    assert memory(resources={"cpu": "4", "memory": "4Gi"}, workers=0) == (base, base)  # auto on the CPU: 1
+    assert memory(resources={"memory": "3G"}, workers=2) == (parse_quantity("3G") + 2 * step,) * 2
+    described = " ".join(crd_schema()["properties"]["workers"]["description"].split())
+    assert c.FRONT_END_MEMORY in described  # the CRD tells users what the operator adds
+
+
 # ----- the CRD and the builders agree -------------------------------------------------------------
 def test_crd_identity():
     crd = yaml.safe_load((ROOT / "crds" / "yolodetector.yaml").read_text())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import pickle
 from types import SimpleNamespace
 
 import numpy as np
@@ -26,10 +27,10 @@ SIZE = 32
 @pytest.fixture()
 def link(tmp_path):
     ours, theirs = multiprocessing.Pipe(duplex=True)
-    path = tmp_path / "slots"
-    model_side = SlotFile(path, 4, SIZE, create=True)
-    spec = SimpleNamespace(index=0, conn=theirs, slot_path=str(path), slot_count=4, input_size=SIZE,
-                           summary={"gpu_decode": True})
+    model_side = SlotFile.create("test-slots", 4, SIZE, str(tmp_path))
+    front_side = pickle.loads(pickle.dumps(model_side))  # as a front end gets it: a descriptor, mapped again
+    spec = SimpleNamespace(index=0, conn=theirs, slots=front_side, run_dir=str(tmp_path), slot_count=4,
+                           input_size=SIZE, summary={"gpu_decode": True})
     front = ModelLink(spec, wire.Limits(8, 10_000, 1 << 20), service_metrics(CollectorRegistry()))
     yield front, ours, model_side
     ours.close()
