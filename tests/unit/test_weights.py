@@ -238,7 +238,7 @@ def test_from_file_rejects_a_wrong_file(tmp_path: Path) -> None:
     dest = tmp_path / "weights"
     code, _, err = _run("yolov7-tiny", "--dest", str(dest), "--from-file", str(source),
                         "--manifest", str(_manifest(tmp_path)))
-    assert code == 1 and "sha256" in err
+    assert code == 1 and "sha256" in err, (code, err)
     assert list(dest.iterdir()) == []
 
 
