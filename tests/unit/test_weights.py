@@ -234,7 +234,7 @@ def test_from_file_copies_and_verifies(tmp_path: Path) -> None:
 
 def test_from_file_rejects_a_wrong_file(tmp_path: Path) -> None:
     source = tmp_path / "yolov7-tiny.pt"
-    source.write_bytes(PAYLOAD[:-1] + b"\0")
+    source.write_bytes(PAYLOAD[:-1] + bytes([PAYLOAD[-1] ^ 0xFF]))  # the last byte always differs
     dest = tmp_path / "weights"
     code, _, err = _run("yolov7-tiny", "--dest", str(dest), "--from-file", str(source),
                         "--manifest", str(_manifest(tmp_path)))
