@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -98,7 +99,7 @@ def _external_data_model() -> bytes:
 def _crafted(folder: Path, model: bytes, meta: dict) -> list[Path]:
     good = json.dumps(meta).encode()
     cases = {
-        "empty": (b"", good), "garbage": (os.urandom(4096), good), "truncated": (model[: len(model) // 2], good),
+        "empty": (b"", good), "garbage": (random.Random(7).randbytes(4096), good), "truncated": (model[: len(model) // 2], good),
         "no metadata": (model, None), "metadata not json": (model, b"{names: ["),
         "metadata a list": (model, b"[]"), "metadata not utf-8": (model, b'{"names": ["\xff"]}'),
         "no names": (model, json.dumps({**meta, "names": []}).encode()),
