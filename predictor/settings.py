@@ -150,6 +150,8 @@ class PredictorSettings:
     demo: bool = False
     workers: int = 1
     request_logs: bool = False
+    # the options given by flag or environment variable (from_sources); see is_explicit
+    given: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
 
     def __post_init__(self) -> None:
         for option in OPTIONS:
@@ -201,7 +203,12 @@ class PredictorSettings:
                 values[option.name] = option.parse(raw) if isinstance(raw, str) else raw
             except ValueError as error:
                 raise SettingsError(f"{source}: {error}") from None
-        return cls(**values)
+        return cls(**values, given=frozenset(values))
+
+    def is_explicit(self, name: str) -> bool:
+        """Whether option ``name`` was chosen rather than left at its default: given by flag or environment
+        variable (:meth:`from_sources`), or set to another value than the default."""
+        return name in self.given or getattr(self, name) != getattr(type(self)(), name)
 
     # ----- rendering (used by the operator) ----------------------------------------------------------
     def to_args(self, *, only_changed: bool = False) -> list[str]:
