@@ -60,17 +60,21 @@ def stub_forward(detector: Any, milliseconds: float) -> None:
 
 
 def resolve_weights(path: str | Path) -> Path:
-    """A checkpoint file, or a directory holding exactly one ``.pt``/``.pth``/``.safetensors`` file."""
+    """A checkpoint file, or a directory holding exactly one ``.pt``/``.pth``/``.safetensors`` file — or, with no
+    checkpoint, exactly one exported ``.onnx`` with its metadata ``.onnx.json`` (served by the CPU engines)."""
     path = Path(path)
     if path.is_file():
         return path
     if path.is_dir():
         found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in WEIGHT_SUFFIXES)
+        if not found:
+            found = sorted(p for p in path.glob("*.onnx") if p.is_file() and Path(f"{p}.json").is_file())
         if len(found) == 1:
             return found[0]
         if not found:
             raise FileNotFoundError(
-                f"--weights {path}: the directory holds no checkpoint ({', '.join(WEIGHT_SUFFIXES)} file)"
+                f"--weights {path}: the directory holds no checkpoint ({', '.join(WEIGHT_SUFFIXES)} file) and no "
+                "exported model (.onnx with its .onnx.json)"
             )
         raise ValueError(
             f"--weights {path}: the directory holds {len(found)} checkpoints ({', '.join(p.name for p in found)}); "

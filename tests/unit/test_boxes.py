@@ -169,8 +169,55 @@ def test_the_server_takes_the_torch_free_path_only_where_it_applies(exported: di
     monkeypatch.setattr(chooser, "_installed", lambda name: name != "torch" and name in ENGINES)
     assert isinstance(chooser.torch_free_detector(settings(engine="auto", device="auto"), exported["weights"]),
                       ExportedDetector)  # no torch: auto = an installed CPU engine
-    with pytest.raises(ValueError, match="no exported model"):
+    with pytest.raises(ValueError, match=r"no torch to export the checkpoint.*predictor\.runtimes\.export"):
         chooser.torch_free_detector(settings(input_size=320), exported["weights"])
+
+
+@pytest.mark.skipif(not ENGINES, reason="no exported-model engine (onnxruntime, openvino) installed")
+def test_a_pre_exported_model_in_the_model_folder_is_served_even_where_torch_is_installed(exported, tmp_path):
+    """KServe's /mnt/models holding only model.onnx + model.onnx.json: found, and served by a CPU engine with the
+    image's defaults (device auto, engine auto) — torch installed or not; refused clearly for a GPU or torch."""
+    import shutil
+    from types import SimpleNamespace
+
+    from predictor.model import resolve_weights
+    from predictor.runtimes import detector as chooser
+
+    mount = tmp_path / "models"
+    mount.mkdir()
+    shutil.copy(exported["onnx"], mount / "model.onnx")
+    with pytest.raises(FileNotFoundError, match="no exported model"):  # no metadata beside it: not servable
+        resolve_weights(mount)
+    shutil.copy(export.metadata_path(exported["onnx"]), mount / "model.onnx.json")
+    assert resolve_weights(mount) == mount / "model.onnx"
+    settings = SimpleNamespace(device="auto", engine="auto", precision="auto", input_size=0, engine_cache="")
+    served = chooser.torch_free_detector(settings, mount / "model.onnx")
+    assert isinstance(served, ExportedDetector) and served.engine in ENGINES
+    for bad in ({"device": "cuda"}, {"engine": "torch"}):
+        with pytest.raises(ValueError, match="runs on the CPU engines"):
+            chooser.torch_free_detector(SimpleNamespace(**{**vars(settings), **bad}), mount / "model.onnx")
+
+
+@pytest.mark.skipif(len(ENGINES) < 2, reason="needs both onnxruntime and openvino")
+def test_auto_without_torch_times_the_installed_engines_and_caches_the_choice(exported: dict, monkeypatch):
+    """The CPU image with OpenVINO added: no torch, so auto measures (it used to take the first installed)."""
+    from types import SimpleNamespace
+
+    from predictor.runtimes import detector as chooser
+    from predictor.runtimes import select
+
+    monkeypatch.setattr(chooser, "_installed", lambda name: name != "torch" and name in ENGINES)
+    for old in exported["onnx"].parent.glob(f"auto-{exported['onnx'].stem}-*.json"):
+        old.unlink()
+    settings = SimpleNamespace(device="auto", engine="auto", precision="auto", input_size=0,
+                               engine_cache=str(exported["cache"]))
+    chosen = chooser.torch_free_detector(settings, exported["onnx"])
+    [decision] = exported["onnx"].parent.glob(f"auto-{exported['onnx'].stem}-*.json")
+    report = json.loads(decision.read_text())
+    assert set(report["median_ms"]) == set(ENGINES) and report["engine"] == chosen.engine
+    assert chosen.engine == min(report["median_ms"], key=report["median_ms"].get)
+    monkeypatch.setattr(select, "_time_interleaved", lambda *a, **k: pytest.fail("timed again"))
+    assert chooser.torch_free_detector(settings, exported["onnx"]).engine == chosen.engine  # a restart reads it
 
 
 def _letterbox_by_fill(image: np.ndarray, size: int, color=boxes.PAD_COLOR) -> np.ndarray:
