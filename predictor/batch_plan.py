@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from predictor.settings import MEASURED_ON_CPU
+
 __all__ = ["MIN_GAIN", "PROBE_BATCH", "BatchPlan", "decide", "measure_per_image", "plan_batching"]
 
 log = logging.getLogger("predictor")
@@ -176,8 +178,7 @@ def plan_batching(detector: Any, settings: Any, *, cache_folders: list[Path] | N
     unless given explicitly. ``cache_folders``: where a decision is looked up, then written (first
     writable)."""
     size, delay = settings.max_batch_size, settings.max_batch_delay_ms
-    if detector.device.type != "cpu" or settings.is_explicit("max_batch_size") \
-            or settings.is_explicit("max_batch_delay_ms"):
+    if detector.device.type != "cpu" or any(settings.is_explicit(name) for name in MEASURED_ON_CPU):
         return BatchPlan(size, delay, "flags")
     if not measurable:
         return BatchPlan(1, 0.0, "not measured")

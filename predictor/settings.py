@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +41,8 @@ HTTP_PORT = 8080
 GRPC_PORT = 8081
 PORT_ENV = "PORT"
 MAX_WORKERS = 64
+# Given by no flag on the CPU, these are decided by measuring the engine at start-up (predictor.batch_plan)
+MEASURED_ON_CPU: tuple[str, ...] = ("max_batch_size", "max_batch_delay_ms")
 AUTO_WORKERS_CAP = 8  # --workers 0 on a GPU: one front end per core, at most this many
 
 
@@ -211,13 +213,16 @@ class PredictorSettings:
         return name in self.given or getattr(self, name) != getattr(type(self)(), name)
 
     # ----- rendering (used by the operator) ----------------------------------------------------------
-    def to_args(self, *, only_changed: bool = False) -> list[str]:
-        """Render as ``["--flag=value", ...]`` in declaration order; parsed back, it equals ``self``."""
+    def to_args(self, *, only_changed: bool = False, only_changed_for: Collection[str] = ()) -> list[str]:
+        """Render as ``["--flag=value", ...]`` in declaration order; parsed back, it equals ``self``.
+
+        ``only_changed``: leave out every option at its default; ``only_changed_for``: these options only
+        (e.g. :data:`MEASURED_ON_CPU`, which the predictor decides itself when no flag gives them)."""
         defaults = PredictorSettings()
         args: list[str] = []
         for option in OPTIONS:
             value = getattr(self, option.name)
-            if only_changed and value == getattr(defaults, option.name):
+            if (only_changed or option.name in only_changed_for) and value == getattr(defaults, option.name):
                 continue
             args.append(f"{option.flag}={_render(value)}")
         return args
@@ -361,6 +366,7 @@ __all__ = [
     "BAKED_WEIGHTS_ENV",
     "GRPC_PORT",
     "HTTP_PORT",
+    "MEASURED_ON_CPU",
     "MODEL_MOUNT_DIR",
     "PORT_ENV",
     "OPTIONS",
