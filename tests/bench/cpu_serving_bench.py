@@ -61,10 +61,12 @@ def _model(variant: str, engine: str, folder: Path) -> Path:
     if engine == "torch":
         return weights
     from predictor.engine import Detector
-    from predictor.runtimes.export import find_or_export, write_metadata
+    from predictor.runtimes.export import export_onnx, exported_name, weights_sha256, write_metadata
 
     detector = Detector.from_weights(weights, device="cpu")
-    path = find_or_export(detector.model, weights, detector.input_size, cache=folder)
+    path = folder / exported_name(weights, weights_sha256(weights), detector.input_size)
+    if not path.is_file():  # exported here: never another run's export (nor its cached decisions) elsewhere
+        export_onnx(detector.model, detector.input_size, path)
     write_metadata(path, detector)
     return path
 
@@ -78,8 +80,10 @@ def _body(jpeg: bytes) -> bytes:
 def _server(model: Path, engine: str, threads: int, extra: list[str]):
     from tests.tools.predictor_server import predictor_server
 
-    env = {"YOLO_ENGINE": engine, "OMP_NUM_THREADS": str(threads),
-           "YOLO_ENGINE_CACHE": str(model.parent)}
+    scratch = model.parent / "scratch"  # this run's caches only: the engine choice and batching decisions
+    scratch.mkdir(exist_ok=True)
+    env = {"YOLO_ENGINE": engine, "OMP_NUM_THREADS": str(threads), "YOLO_ENGINE_CACHE": str(scratch),
+           "TMPDIR": str(scratch), "XDG_CACHE_HOME": str(scratch)}
     with predictor_server(model, extra_args=["--enable_latency_logging", "false", *extra], env=env) as server:
         yield server
 

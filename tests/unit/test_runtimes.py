@@ -120,6 +120,7 @@ def test_openvino_bf16_is_explicit_and_applied(tiny: dict):
 
     fp32 = build_runtime("openvino", tiny["onnx"])
     assert "float32" in str(fp32.compiled.get_property("INFERENCE_PRECISION_HINT"))
+    assert fp32.compiled.get_property("ENABLE_CPU_PINNING") is False  # threads free to move off a busy core
     if not cpu_supports_bf16():
         with pytest.raises(ValueError, match="bf16"):
             build_runtime("openvino", tiny["onnx"], precision="bf16")
