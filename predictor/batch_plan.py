@@ -44,7 +44,7 @@ log = logging.getLogger("predictor")
 
 PROBE_BATCH = 4
 MIN_GAIN = 1.2  # per-image time at batch 1 over per-image time at PROBE_BATCH: batches must be 20 % cheaper
-MEASURE_BUDGET_S = 2.0  # start-up time the measurement may take (estimated from the batch-1 forward)
+MEASURE_BUDGET_S = 1.2  # start-up time the measurement may take (estimated from the batch-1 forward)
 MAX_ROUNDS = 3
 
 
@@ -196,4 +196,8 @@ def plan_batching(detector: Any, settings: Any, *, cache_folders: list[Path] | N
             pass
     per_image, rounds = measure_per_image(detector.forward, _blank_inputs(detector))
     _write_cached(folders, name, {"per_image_ms": {str(k): v for k, v in per_image.items()}, "rounds": rounds})
-    return decide(per_image, max_batch_size=size, max_batch_delay_ms=delay, rounds=rounds)
+    plan = decide(per_image, max_batch_size=size, max_batch_delay_ms=delay, rounds=rounds)
+    trim = getattr(getattr(detector, "runtime", None), "trim", None)
+    if plan.max_batch_size < PROBE_BATCH and trim is not None:
+        trim()  # the probe batch's activations are not needed again: give their memory back
+    return plan

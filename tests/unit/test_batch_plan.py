@@ -39,7 +39,15 @@ class FakeEngine:
         self.calls: list[int] = []
         self.input_size, self.engine, self.precision = 64, "onnxruntime", "fp32"
         self.variant, self.num_classes = "yolov7-tiny", 80
-        self.runtime = type("R", (), {"version": "fake"})()
+        self.trimmed = 0
+
+        class Runtime:
+            version = "fake"
+
+            def trim(runtime) -> None:  # noqa: N805 - the fake engine's runtime
+                self.trimmed += 1
+
+        self.runtime = Runtime()
 
     def stack(self, letterboxed):
         return np.stack(letterboxed)
@@ -67,7 +75,7 @@ def test_measure_interleaves_sizes_after_warming_each_and_reports_ms_per_image()
     per_image, rounds = measure_per_image(engine.forward, lambda n: np.zeros((n, 3)), clock=clock)
     assert per_image == {1: pytest.approx(50.0), PROBE_BATCH: pytest.approx(80.0 / PROBE_BATCH)}
     assert engine.calls == [1, PROBE_BATCH] + [1, PROBE_BATCH] * rounds  # warm-up, then ABAB
-    assert rounds == batch_plan.MAX_ROUNDS  # 0.13 s of warm-up + 0.13 s per round fit in the 2 s budget
+    assert rounds == batch_plan.MAX_ROUNDS  # 0.13 s of warm-up + 0.25 s per round (estimated) fit the budget
 
 
 def test_measure_runs_fewer_rounds_for_a_slow_model_but_at_least_one():
@@ -83,6 +91,7 @@ def test_flat_per_image_cost_serves_one_image_at_a_time_without_delay(clock):
     assert (plan.max_batch_size, plan.max_batch_delay_ms, plan.source) == (1, 0.0, "measured")
     assert plan.gain == pytest.approx(1.0) and plan.per_image_ms == {1: 50.0, PROBE_BATCH: 50.0}
     assert "does not pay" in plan.log_line() and "b4 50.0 ms/image" in plan.log_line()
+    assert engine.trimmed == 1  # the probe batch's memory is given back: no batch that large will come
 
 
 def test_strongly_sublinear_cost_keeps_the_configured_batching(clock):
@@ -91,6 +100,7 @@ def test_strongly_sublinear_cost_keeps_the_configured_batching(clock):
     defaults = PredictorSettings()
     assert (plan.max_batch_size, plan.max_batch_delay_ms) == (defaults.max_batch_size, defaults.max_batch_delay_ms)
     assert plan.gain == pytest.approx(2.5) and "batching pays" in plan.log_line()
+    assert engine.trimmed == 0
 
 
 def test_the_margin_is_a_clear_gain_not_any_gain():
