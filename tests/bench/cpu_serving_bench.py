@@ -140,15 +140,9 @@ def _bare_worker(conn: Any, model: str, engine: str, threads: int, jpeg: bytes) 
         from predictor.runtimes.detector import ExportedDetector
 
         detector = ExportedDetector.load(model, engine=engine, threads=threads)
-    x = detector.preprocess([images.decode_image(jpeg, 40_000_000)])[0]
-    detector.forward(x)
-    while n := conn.recv():
-        times = []
-        for _ in range(n):
-            start = time.perf_counter()
-            detector.forward(x)
-            times.append((time.perf_counter() - start) * 1000)
-        conn.send(times)
+    from tests.bench.engine_bench import serve_forwards
+
+    serve_forwards(conn, detector.forward, detector.preprocess([images.decode_image(jpeg, 40_000_000)])[0])
 
 
 def bench_overhead(variants: list[str], engines: list[str], threads: int, folder: Path, quick: bool) -> list[dict]:

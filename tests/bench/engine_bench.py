@@ -212,13 +212,18 @@ def _bare_worker(conn: Any, engine: str, cache: str, threads: int, jpeg: bytes) 
     torch.set_num_threads(threads)
     detector = _detector("yolov7-tiny", Path(cache), engine)
     rgb = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1].copy()
-    x = detector.preprocess([rgb])[0]
-    detector.forward(x)
+    serve_forwards(conn, detector.forward, detector.preprocess([rgb])[0])
+
+
+def serve_forwards(conn: Any, forward: Callable[[Any], Any], x: Any) -> None:
+    """The bare-forward loop of a benchmark's helper process: one warm-up, then for each ``n`` received, ``n``
+    timed ``forward(x)`` and their milliseconds sent back; 0 ends it."""
+    forward(x)
     while n := conn.recv():
         times = []
         for _ in range(n):
             start = time.perf_counter()
-            detector.forward(x)
+            forward(x)
             times.append((time.perf_counter() - start) * 1000)
         conn.send(times)
 
