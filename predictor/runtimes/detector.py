@@ -182,7 +182,7 @@ def torch_free_detector(settings: Any, weights: Path) -> ExportedDetector | None
         if have_torch:
             return None  # the torch Detector exports it (predictor.runtimes.attach)
         raise ValueError(
-            f"{weights}: this image has no torch to export the checkpoint, and no export of it was found (looked "
+            f"{weights}: this image has no torch to export the checkpoint, and no exported model of it was found (looked "
             f"for a {CACHE_FOLDER}/ folder beside it and in the engine cache). Serve a pre-exported model instead: "
             "run `python -m predictor.runtimes.export --weights <checkpoint> --out <folder>` where torch is "
             "installed (the CUDA image, or `pip install .[predictor,cpu-engines]`), then put the .onnx and its "

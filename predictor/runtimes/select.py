@@ -69,7 +69,10 @@ def parity(reference: np.ndarray, candidate: np.ndarray, precision: str = "fp32"
 def _installed(engine: str) -> bool:
     import importlib.util
 
-    return importlib.util.find_spec(engine) is not None
+    try:
+        return importlib.util.find_spec(engine) is not None
+    except (ImportError, ValueError):  # a broken install, or an import hook refusing it
+        return False
 
 
 def _machine_key(precision: str, threads: int) -> str:
