@@ -67,11 +67,9 @@ _NOT_BASE64 = re.compile(r"[^A-Za-z0-9+/=]")
 
 
 def _b64decode(text: str, where: str) -> bytes:
-    """Standard, URL-safe, MIME (whitespace) or unpadded base64, optionally behind a ``data:`` URL prefix.
-
-    Canonical padded base64 (what clients send) is decoded in one strict C pass (0.8 ms for a 650 kB
-    string, against 3.1 ms through the lenient path below, whose regex and copies scan it four times);
-    anything else takes the lenient path, which decodes the variants or names the problem."""
+    """Standard, URL-safe, MIME (whitespace) or unpadded base64, optionally behind a ``data:`` URL prefix:
+    canonical base64 in one strict C pass (0.8 ms for 650 kB; the lenient path's scans: 3.1 ms), the rest
+    by the lenient path, which decodes the variants or names the problem."""
     try:
         return binascii.a2b_base64(text, strict_mode=True)
     except (binascii.Error, ValueError):
