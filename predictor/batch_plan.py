@@ -9,7 +9,9 @@ The rule (:func:`plan_batching`), when the detector runs on the CPU and neither 
 ``--max_batch_delay_ms`` was given (flag or environment: :meth:`PredictorSettings.is_explicit`):
 
 1. time the engine's forward per image at batch 1 and at :data:`PROBE_BATCH`, interleaved, a few rounds
-   (as many as fit in :data:`MEASURE_BUDGET_S`, at least one, at most :data:`MAX_ROUNDS`), medians;
+   (as many as fit in :data:`MEASURE_BUDGET_S`, at least one, at most :data:`MAX_ROUNDS`), medians — unless
+   one batch-1 forward says that even one round would not fit: then batch 1 without a probe (a model that
+   slow on the CPU: yolov7 at 640 on 2 cores, ~0.5 s a forward, where batches measured flat too);
 2. ``gain`` = per-image time at batch 1 / per-image time at :data:`PROBE_BATCH`;
 3. ``gain >= MIN_GAIN`` (batches raise throughput by at least 20 %): batching stays as configured (the
    defaults: batches of up to 8, 5 ms delay); otherwise batch size 1 and no delay — each image is run as
@@ -44,7 +46,7 @@ log = logging.getLogger("predictor")
 
 PROBE_BATCH = 4
 MIN_GAIN = 1.2  # per-image time at batch 1 over per-image time at PROBE_BATCH: batches must be 20 % cheaper
-MEASURE_BUDGET_S = 1.2  # start-up time the measurement may take (estimated from the batch-1 forward)
+MEASURE_BUDGET_S = 1.5  # start-up time the measurement may take (estimated from one batch-1 forward)
 MAX_ROUNDS = 3
 
 
@@ -53,8 +55,8 @@ class BatchPlan:
     """What the dynamic batcher is given, and why.
 
     ``source``: ``flags`` (given explicitly, or the GPU: as configured), ``measured`` / ``cached`` (the
-    rule, figures in ``per_image_ms`` = {batch size: median ms per image}), or ``not measured`` (no
-    warm-up forward allowed, or a stub forward: batch 1 on the CPU).
+    rule, figures in ``per_image_ms`` = {batch size: median ms per image}), ``not measured`` (no warm-up
+    forward allowed, or a stub forward) or ``too slow to probe ...`` (``per_image_ms`` = {1: ms}): batch 1.
     """
 
     max_batch_size: int
@@ -71,9 +73,10 @@ class BatchPlan:
         return out
 
     def log_line(self) -> str:
-        if not self.per_image_ms:
+        if self.gain is None:
+            figures = "".join(f", b{n} {ms:.1f} ms/image" for n, ms in sorted(self.per_image_ms.items()))
             return (f"batching: max batch {self.max_batch_size}, delay {self.max_batch_delay_ms:g} ms "
-                    f"({self.source})")
+                    f"({self.source}{figures})")
         figures = ", ".join(f"b{n} {ms:.1f} ms/image" for n, ms in sorted(self.per_image_ms.items()))
         verdict = "batching pays" if self.max_batch_size > 1 else "batching does not pay: one image at a time"
         return (f"batching on the CPU ({self.source}, {self.rounds} rounds): {figures}, gain {self.gain:.2f}x "
@@ -87,21 +90,25 @@ def measure_per_image(forward: Callable[[Any], Any], make_input: Callable[[int],
                       clock: Callable[[], float] | None = None) -> tuple[dict[int, float], int]:
     """Median milliseconds per image of ``forward(make_input(n))`` for each ``n`` in ``sizes``.
 
-    Every size is run once first (the first call at a new shape allocates, and on some engines compiles);
-    the batch-1 warm-up time estimates a round's cost (linear in images), which sets the number of
-    rounds that fit in ``budget_s`` (at least one). Rounds interleave the sizes (1, 4, 1, 4, ...).
-    Returns ``({n: ms per image}, rounds)``.
+    One forward of the smallest size first (warm already: the start-up warm-up ran it) estimates the cost,
+    linear in images. If warming the larger sizes (the first call at a new shape allocates, on some
+    engines compiles) and one round do not fit in ``budget_s``, nothing more is run: ``({sizes[0]: ms}, 0)``
+    (too slow to probe). Otherwise every larger size is warmed, then as many rounds as fit (at least one,
+    at most ``max_rounds``) interleave the sizes (1, 4, 1, 4, ...). Returns ``({n: ms per image}, rounds)``.
     """
     clock = clock or time.perf_counter
     inputs = {n: make_input(n) for n in sizes}
-    warm: dict[int, float] = {}
-    for n in sizes:
-        start = clock()
+    start = clock()
+    forward(inputs[sizes[0]])
+    first = clock() - start
+    per_image = first / sizes[0]
+    warm_rest, per_round = per_image * sum(sizes[1:]), per_image * sum(sizes)
+    if first + warm_rest + per_round > budget_s:
+        return {sizes[0]: round(per_image * 1000.0, 3)}, 0
+    for n in sizes[1:]:
         forward(inputs[n])
-        warm[n] = clock() - start
-    per_round = sum(warm[sizes[0]] / sizes[0] * n for n in sizes)
-    spent = sum(warm.values())
-    rounds = max(1, min(max_rounds, math.floor((budget_s - spent) / per_round) if per_round > 0 else max_rounds))
+    left = budget_s - first - warm_rest
+    rounds = max(1, min(max_rounds, math.floor(left / per_round) if per_round > 0 else max_rounds))
     times: dict[int, list[float]] = {n: [] for n in sizes}
     for _ in range(rounds):
         for n in sizes:
@@ -195,6 +202,8 @@ def plan_batching(detector: Any, settings: Any, *, cache_folders: list[Path] | N
         except (KeyError, TypeError, ValueError):
             pass
     per_image, rounds = measure_per_image(detector.forward, _blank_inputs(detector))
+    if not rounds:  # a forward too slow to probe within the budget: one image at a time
+        return BatchPlan(1, 0.0, f"too slow to probe in {MEASURE_BUDGET_S:g} s", per_image)
     _write_cached(folders, name, {"per_image_ms": {str(k): v for k, v in per_image.items()}, "rounds": rounds})
     plan = decide(per_image, max_batch_size=size, max_batch_delay_ms=delay, rounds=rounds)
     trim = getattr(getattr(detector, "runtime", None), "trim", None)

@@ -74,15 +74,23 @@ def test_measure_interleaves_sizes_after_warming_each_and_reports_ms_per_image()
     engine = FakeEngine(SUBLINEAR, clock)
     per_image, rounds = measure_per_image(engine.forward, lambda n: np.zeros((n, 3)), clock=clock)
     assert per_image == {1: pytest.approx(50.0), PROBE_BATCH: pytest.approx(80.0 / PROBE_BATCH)}
-    assert engine.calls == [1, PROBE_BATCH] + [1, PROBE_BATCH] * rounds  # warm-up, then ABAB
-    assert rounds == batch_plan.MAX_ROUNDS  # 0.13 s of warm-up + 0.25 s per round (estimated) fit the budget
+    assert engine.calls == [1, PROBE_BATCH] + [1, PROBE_BATCH] * rounds  # estimate + warm-up, then ABAB
+    assert rounds == batch_plan.MAX_ROUNDS  # 0.25 s of estimate and warm-up + 0.25 s per round: 3 fit
 
 
-def test_measure_runs_fewer_rounds_for_a_slow_model_but_at_least_one():
+def test_measure_runs_fewer_rounds_for_a_slower_model_but_at_least_one():
     clock = FakeClock()
-    engine = FakeEngine(lambda n: 0.6 * n, clock)  # 0.6 s per image: the warm-up alone is over the budget
+    engine = FakeEngine(lambda n: 0.12 * n, clock)  # 0.6 s for the estimate and warm-up, 0.6 s a round
     _, rounds = measure_per_image(engine.forward, lambda n: np.zeros((n, 3)), clock=clock)
     assert rounds == 1 and engine.calls == [1, PROBE_BATCH, 1, PROBE_BATCH]
+
+
+def test_a_model_too_slow_to_probe_serves_one_at_a_time_after_one_forward(clock):
+    engine = FakeEngine(lambda n: 0.5 * n, clock)  # 0.5 s per image: the probe alone would take 4.5 s
+    plan = plan_batching(engine, PredictorSettings())
+    assert engine.calls == [1]
+    assert (plan.max_batch_size, plan.max_batch_delay_ms, plan.per_image_ms) == (1, 0.0, {1: 500.0})
+    assert plan.source.startswith("too slow to probe") and "b1 500.0 ms/image" in plan.log_line()
 
 
 def test_flat_per_image_cost_serves_one_image_at_a_time_without_delay(clock):
