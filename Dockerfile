@@ -11,7 +11,8 @@
 #            with the CUDA 13 runtime as nvidia-* wheels (~3 GB; GPU nodes need only an NVIDIA driver >= 580).
 #            TORCH_FLAVOR=cpu: no torch at run time (Cloud Run, Fargate, laptops): the baked checkpoints are
 #            exported to ONNX at build time by our own network (CPU torch wheel, build stage only) and served
-#            with ONNX Runtime, letterbox and NMS in OpenCV/numpy (.[predictor-cpu]; docs/cpu.md).
+#            with ONNX Runtime, letterbox and NMS in OpenCV/numpy (.[predictor-cpu]; docs/cpu.md);
+#            CPU_EXTRAS=predictor-cpu,cpu-openvino adds OpenVINO (auto then times both at start-up).
 #            Official weights optionally baked in at /opt/yolo-v7/weights/<variant>.pt (WEIGHTS=none: none).
 #            With no arguments it serves KServe's /mnt/models when mounted, else the baked checkpoint, REST on
 #            $PORT (default 8080) and gRPC on 8081: see deploy/ for Cloud Run, Fargate, OpenShift Serverless.
@@ -140,12 +141,14 @@ RUN mkdir -p /out/.yolo-v7-engines
 # ---------------------------------------------------------------------------------------------------
 FROM base AS predictor-venv-cpu
 
+# the extras installed: predictor-cpu (ONNX Runtime); predictor-cpu,cpu-openvino adds OpenVINO (+184 MB)
+ARG CPU_EXTRAS=predictor-cpu
 WORKDIR /src
 COPY constraints.txt pyproject.toml ./
 COPY predictor/ predictor/
 COPY MODEL_CARD.md predictor/
 RUN python -m venv /opt/yolo-v7/venv \
- && pip install --no-cache-dir -c constraints.txt ".[predictor-cpu]" \
+ && pip install --no-cache-dir -c constraints.txt ".[${CPU_EXTRAS}]" \
  && python -c "import predictor.model, predictor.pipeline, predictor.runtimes.detector, onnxruntime, cv2, kserve" \
  && if pip show torch >/dev/null 2>&1 || pip show torchvision >/dev/null 2>&1; then \
       echo "torch must not be in the CPU image" >&2; exit 1; fi

@@ -60,17 +60,21 @@ def stub_forward(detector: Any, milliseconds: float) -> None:
 
 
 def resolve_weights(path: str | Path) -> Path:
-    """A checkpoint file, or a directory holding exactly one ``.pt``/``.pth``/``.safetensors`` file."""
+    """A checkpoint file, or a directory holding exactly one ``.pt``/``.pth``/``.safetensors`` file — or, with no
+    checkpoint, exactly one exported ``.onnx`` with its metadata ``.onnx.json`` (served by the CPU engines)."""
     path = Path(path)
     if path.is_file():
         return path
     if path.is_dir():
         found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in WEIGHT_SUFFIXES)
+        if not found:
+            found = sorted(p for p in path.glob("*.onnx") if p.is_file() and Path(f"{p}.json").is_file())
         if len(found) == 1:
             return found[0]
         if not found:
             raise FileNotFoundError(
-                f"--weights {path}: the directory holds no checkpoint ({', '.join(WEIGHT_SUFFIXES)} file)"
+                f"--weights {path}: the directory holds no checkpoint ({', '.join(WEIGHT_SUFFIXES)} file) and no "
+                "exported model (.onnx with its .onnx.json)"
             )
         raise ValueError(
             f"--weights {path}: the directory holds {len(found)} checkpoints ({', '.join(p.name for p in found)}); "
@@ -126,12 +130,15 @@ class YoloV7Model(kserve.Model):
         self.defaults: DetectParams | None = None
         self.metrics: Any = None
         self.admission: Any = None
+        self.batch_plan: Any = None  # predictor.batch_plan.BatchPlan, set by load
 
     # ----- lifecycle ----------------------------------------------------------------------------------
     def load(self) -> bool:
+        from predictor.batch_plan import plan_batching
         from predictor.metrics import service_metrics
         from predictor.pipeline import DetectionPipeline
         from predictor.runtimes.detector import torch_free_detector
+        from predictor.runtimes.export import cache_dirs
 
         s = self.settings
         weights = resolve_weights(s.weights)
@@ -150,26 +157,29 @@ class YoloV7Model(kserve.Model):
                 accel=s.accel,
             )
             attach(detector, engine=s.engine, weights=weights, precision=s.precision, cache=s.engine_cache or None)
-        pipeline = DetectionPipeline(
-            detector,
-            limits=self.limits(),
-            max_batch_size=s.max_batch_size,
-            max_batch_delay_s=s.max_batch_delay_ms / 1000.0,
-            metrics=service_metrics(),
-        )
-        self.serve_through(pipeline, detector.names)
         stub_ms = os.environ.get(STUB_FORWARD_ENV)
         if stub_ms:
             stub_forward(detector, float(stub_ms))
         if s.warmup:
             detector.warmup(warmup_batch_sizes(detector.accel, detector.device.type, s.max_batch_size))
+        self.batch_plan = plan_batching(detector, s, measurable=s.warmup and not stub_ms,
+                                        cache_folders=cache_dirs(weights, s.engine_cache or None))
+        log.info("%s", self.batch_plan.log_line())
+        pipeline = DetectionPipeline(
+            detector,
+            limits=self.limits(),
+            max_batch_size=self.batch_plan.max_batch_size,
+            max_batch_delay_s=self.batch_plan.max_batch_delay_ms / 1000.0,
+            metrics=service_metrics(),
+            batching=self.batch_plan.describe(),
+        )
+        self.serve_through(pipeline, detector.names)
         log.info(
             "model %r ready: weights %s, variant %s, device %s, engine %s, precision %s, input size %d, "
             "%d classes, accel %s, max batch %d, max delay %.1f ms (loaded in %.1f s)",
             self.name, weights, detector.variant, detector.device, detector.engine, detector.precision,
-            detector.input_size,
-            detector.num_classes, detector.accel, s.max_batch_size, s.max_batch_delay_ms,
-            time.perf_counter() - start,
+            detector.input_size, detector.num_classes, detector.accel, self.batch_plan.max_batch_size,
+            self.batch_plan.max_batch_delay_ms, time.perf_counter() - start,
         )
         self.ready = True
         return self.ready
@@ -203,7 +213,8 @@ class YoloV7Model(kserve.Model):
         return [{"name": name, "datatype": dtype, "shape": shape} for name, dtype, shape in wire.V2_OUTPUTS]
 
     def describe(self) -> dict[str, Any]:
-        """Extra model metadata (REST ``GET /v2/models/{name}`` → ``parameters``)."""
+        """Extra model metadata (REST ``GET /v2/models/{name}`` → ``parameters``); the batcher's size and delay
+        and why (``batching``: :class:`predictor.batch_plan.BatchPlan`) come from the pipeline's summary."""
         defaults = self.defaults
         return {
             **self.pipeline.summary(),
@@ -212,7 +223,6 @@ class YoloV7Model(kserve.Model):
             "iou": defaults.iou,
             "max_detections": defaults.max_detections,
             "classes": None if defaults.classes is None else list(defaults.classes),
-            "max_batch_size": self.settings.max_batch_size,
             "max_images_per_request": self.settings.max_images_per_request,
             "max_queued_images": self.settings.max_queued_images,
             "max_image_pixels": self.settings.max_image_pixels,

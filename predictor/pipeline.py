@@ -129,8 +129,10 @@ class DetectionPipeline:
         metrics: ServiceMetrics,
         decode_threads: int | None = None,
         gpu_decode: bool | None = None,
+        batching: dict[str, Any] | None = None,
     ):
         self.detector = detector
+        self.batching = batching  # how the batch size and delay were chosen (predictor.batch_plan), for metadata
         self.limits = limits
         self.metrics = metrics
         # One decoder per core (at most 8): more would only take cores from the forward on small hosts.
@@ -375,4 +377,7 @@ class DetectionPipeline:
             "gpu_decode": self.gpu_decode,
             "accel": d.accel,
             "engine": d.engine,
+            "max_batch_size": self.batcher.max_batch_size,
+            "max_batch_delay_ms": round(self.batcher.max_delay_s * 1000.0, 3),
+            **({"batching": self.batching} if self.batching is not None else {}),
         }

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +41,8 @@ HTTP_PORT = 8080
 GRPC_PORT = 8081
 PORT_ENV = "PORT"
 MAX_WORKERS = 64
+# Given by no flag on the CPU, these are decided by measuring the engine at start-up (predictor.batch_plan)
+MEASURED_ON_CPU: tuple[str, ...] = ("max_batch_size", "max_batch_delay_ms")
 AUTO_WORKERS_CAP = 8  # --workers 0 on a GPU: one front end per core, at most this many
 
 
@@ -150,6 +152,8 @@ class PredictorSettings:
     demo: bool = False
     workers: int = 1
     request_logs: bool = False
+    # the options given by flag or environment variable (from_sources); see is_explicit
+    given: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
 
     def __post_init__(self) -> None:
         for option in OPTIONS:
@@ -201,16 +205,24 @@ class PredictorSettings:
                 values[option.name] = option.parse(raw) if isinstance(raw, str) else raw
             except ValueError as error:
                 raise SettingsError(f"{source}: {error}") from None
-        return cls(**values)
+        return cls(**values, given=frozenset(values))
+
+    def is_explicit(self, name: str) -> bool:
+        """Whether option ``name`` was chosen rather than left at its default: given by flag or environment
+        variable (:meth:`from_sources`), or set to another value than the default."""
+        return name in self.given or getattr(self, name) != getattr(type(self)(), name)
 
     # ----- rendering (used by the operator) ----------------------------------------------------------
-    def to_args(self, *, only_changed: bool = False) -> list[str]:
-        """Render as ``["--flag=value", ...]`` in declaration order; parsed back, it equals ``self``."""
+    def to_args(self, *, only_changed: bool = False, only_changed_for: Collection[str] = ()) -> list[str]:
+        """Render as ``["--flag=value", ...]`` in declaration order; parsed back, it equals ``self``.
+
+        ``only_changed``: leave out every option at its default; ``only_changed_for``: these options only
+        (e.g. :data:`MEASURED_ON_CPU`, which the predictor decides itself when no flag gives them)."""
         defaults = PredictorSettings()
         args: list[str] = []
         for option in OPTIONS:
             value = getattr(self, option.name)
-            if only_changed and value == getattr(defaults, option.name):
+            if (only_changed or option.name in only_changed_for) and value == getattr(defaults, option.name):
                 continue
             args.append(f"{option.flag}={_render(value)}")
         return args
@@ -354,6 +366,7 @@ __all__ = [
     "BAKED_WEIGHTS_ENV",
     "GRPC_PORT",
     "HTTP_PORT",
+    "MEASURED_ON_CPU",
     "MODEL_MOUNT_DIR",
     "PORT_ENV",
     "OPTIONS",

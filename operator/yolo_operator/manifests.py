@@ -17,7 +17,7 @@ from typing import Any
 
 from kubernetes.utils.quantity import parse_quantity
 
-from predictor.settings import PredictorSettings, front_ends
+from predictor.settings import MEASURED_ON_CPU, PredictorSettings, front_ends
 
 from . import config as c
 from .config import OperatorConfig
@@ -169,12 +169,15 @@ def predictor_settings(spec: Mapping[str, Any], config: OperatorConfig) -> Predi
 
 # ----- the pieces of the InferenceService ------------------------------------------------------------
 def container_args(name: str, spec: Mapping[str, Any], config: OperatorConfig) -> list[str]:
-    """KServe's model-server flags, then every predictor option (``PredictorSettings.to_args()``)."""
+    """KServe's model-server flags, then every predictor option (``PredictorSettings.to_args()``). On the CPU the
+    batch size and delay are left out while at their defaults: the predictor then measures whether batching pays
+    (``predictor.batch_plan``); any other value is passed, and wins."""
+    settings = predictor_settings(spec, config)
     return [
         f"--model_name={name}",
         f"--http_port={c.HTTP_PORT}",
         f"--grpc_port={c.GRPC_PORT}",
-        *predictor_settings(spec, config).to_args(),
+        *settings.to_args(only_changed_for=MEASURED_ON_CPU if settings.device == "cpu" else ()),
     ]
 
 

@@ -34,6 +34,10 @@ class Runtime:
     def run(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def trim(self) -> None:
+        """Give back memory held for batches larger than those to come (after the start-up batching probe,
+        :mod:`predictor.batch_plan`); a no-op where the engine holds none."""
+
     def __call__(self, batch: Any) -> Any:
         """The Detector's hook: a ``torch.Tensor`` batch (any memory format) in, a tensor out."""
         import torch

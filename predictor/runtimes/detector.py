@@ -27,7 +27,7 @@ import numpy as np
 
 from predictor import boxes
 from predictor.boxes import Detections, LetterboxGeometry
-from predictor.runtimes.export import find_exported
+from predictor.runtimes.export import CACHE_FOLDER, find_exported
 from predictor.settings import DetectParams
 
 __all__ = ["CPU", "ExportedDetector", "torch_free_detector"]
@@ -76,14 +76,16 @@ class ExportedDetector:
 
     @classmethod
     def load(cls, onnx_path: str | Path, *, engine: str = "onnxruntime", precision: str = "fp32",
-             threads: int | None = None) -> ExportedDetector:
-        """An exported model and its metadata JSON (``<file>.onnx.json``) on ``engine``."""
+             threads: int | None = None, runtime: Any = None) -> ExportedDetector:
+        """An exported model and its metadata JSON (``<file>.onnx.json``) on ``engine`` (or on ``runtime``,
+        already loaded). Both are checked: a wrong or hostile file ends in one ``ValueError`` naming it."""
         from predictor.runtimes.exported_file import open_checked, read_metadata
         from predictor.runtimes.select import build_runtime
 
-        meta = read_metadata(onnx_path)  # checked: a clear ValueError for a wrong or hostile file
-        runtime = open_checked(onnx_path, meta, lambda: build_runtime(engine, onnx_path, precision=precision,
-                                                                      threads=threads))
+        meta = read_metadata(onnx_path)
+        if runtime is None:
+            runtime = open_checked(onnx_path, meta, lambda: build_runtime(engine, onnx_path, precision=precision,
+                                                                          threads=threads))
         return cls(runtime, names=meta["names"], variant=meta["variant"], strides=meta["strides"],
                    input_size=meta["input_size"])
 
@@ -145,36 +147,52 @@ def torch_free_detector(settings: Any, weights: Path) -> ExportedDetector | None
     """The server's torch-free path, or None (then the torch Detector serves).
 
     Taken when the device is the CPU (``cpu``, or ``auto`` with no torch installed) and the engine is
-    ``onnxruntime``/``openvino`` (``auto`` where torch is not installed: the first installed of those),
-    and ``weights`` is an exported ``.onnx`` (metadata beside it) or a checkpoint whose export with
-    metadata is in the engine cache. ``auto`` with torch installed keeps the torch Detector (it needs
-    torch for its parity check).
+    ``onnxruntime``/``openvino`` (``auto`` where torch is not installed: the faster installed one, timed
+    here: :func:`~predictor.runtimes.select.choose_exported`), and ``weights`` is an exported ``.onnx``
+    (metadata beside it) or a checkpoint whose export with metadata is in the engine cache. ``auto`` with
+    torch installed keeps the torch Detector for a checkpoint (it needs torch for its parity check); an
+    ``.onnx`` is always served here (torch cannot load it). Raises ``ValueError`` with what to do when
+    nothing can serve ``weights``.
     """
     have_torch = _installed("torch")
+    onnx_given = weights.suffix.lower() == ".onnx"
     cpu_engine = settings.engine in ("onnxruntime", "openvino")  # they run on the CPU only
-    if not (settings.device == "cpu" or (settings.device == "auto" and (cpu_engine or not have_torch))):
+    if onnx_given and (settings.device.startswith("cuda") or settings.engine == "torch"):
+        raise ValueError(f"{weights}: an exported ONNX model runs on the CPU engines (onnxruntime, openvino) only; "
+                         "give the checkpoint for --engine torch or a GPU")
+    if not (settings.device == "cpu" or (settings.device == "auto" and (cpu_engine or not have_torch or onnx_given))):
         return None
     engine = settings.engine
+    installed = [name for name in ("openvino", "onnxruntime") if _installed(name)]
     if engine == "auto":
-        if have_torch:
+        if have_torch and not onnx_given:
             return None
-        engine = next((name for name in ("openvino", "onnxruntime") if _installed(name)), "")
-        if not engine:
+        if not installed:
             raise ValueError("no torch and no CPU engine installed: install onnxruntime or openvino")
-        if settings.precision == "bf16":
-            engine = "openvino"
+        engine = "openvino" if settings.precision == "bf16" else "auto"
     if engine == "torch":
         return None
-    if weights.suffix.lower() == ".onnx":
-        onnx_path: Path | None = weights
-    else:
-        onnx_path = find_exported(weights, settings.input_size, cache=settings.engine_cache or None)
+    onnx_path = weights if onnx_given else find_exported(weights, settings.input_size,
+                                                         cache=settings.engine_cache or None)
     if onnx_path is None:
         if have_torch:
             return None  # the torch Detector exports it (predictor.runtimes.attach)
-        raise ValueError(f"{weights}: no exported model with metadata for it in the engine cache and no torch "
-                         "to export one; export at build time with python -m predictor.runtimes.export")
+        raise ValueError(
+            f"{weights}: this image has no torch to export the checkpoint, and no exported model of it was found (looked "
+            f"for a {CACHE_FOLDER}/ folder beside it and in the engine cache). Serve a pre-exported model instead: "
+            "run `python -m predictor.runtimes.export --weights <checkpoint> --out <folder>` where torch is "
+            "installed (the CUDA image, or `pip install .[predictor,cpu-engines]`), then put the .onnx and its "
+            ".onnx.json in the model storage (or mount the checkpoint with its folder of exports); see docs/cpu.md")
     precision = "fp32" if settings.precision in ("auto", "fp32") else settings.precision
-    detector = ExportedDetector.load(onnx_path, engine=engine, precision=precision)
+    if engine == "auto":  # the fastest installed engine here, timed (predictor.runtimes.select.choose_exported)
+        from predictor.runtimes.exported_file import open_checked, read_metadata
+        from predictor.runtimes.select import choose_exported
+
+        runtime = open_checked(onnx_path, read_metadata(onnx_path),
+                               lambda: choose_exported(onnx_path, installed, precision=precision))
+        detector = ExportedDetector.load(onnx_path, runtime=runtime)
+        engine = detector.engine
+    else:
+        detector = ExportedDetector.load(onnx_path, engine=engine, precision=precision)
     log.info("serving the exported model %s on %s without torch", onnx_path, engine)
     return detector

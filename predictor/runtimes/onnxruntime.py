@@ -37,6 +37,18 @@ class OnnxRuntime(Runtime):
         self.input_name = self.session.get_inputs()[0].name
         self.version = ort.__version__
         self.threads = options.intra_op_num_threads
+        self._run_options: ort.RunOptions | None = None
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})[0]
+        options, self._run_options = self._run_options, None
+        return self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)}, options)[0]
+
+    def trim(self) -> None:
+        """The next run shrinks ONNX Runtime's CPU memory arena at its end: the chunks a larger batch grew it
+        by go back to the system (measured, yolov7-tiny at 640: RSS 237 MB after a batch of 4, 115 MB after
+        the shrinking batch-1 run, 147 MB serving batch 1 afterwards)."""
+        import onnxruntime as ort
+
+        options = ort.RunOptions()
+        options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+        self._run_options = options

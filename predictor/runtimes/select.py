@@ -69,13 +69,18 @@ def parity(reference: np.ndarray, candidate: np.ndarray, precision: str = "fp32"
 def _installed(engine: str) -> bool:
     import importlib.util
 
-    return importlib.util.find_spec(engine) is not None
+    try:
+        return importlib.util.find_spec(engine) is not None
+    except (ImportError, ValueError):  # a broken install, or an import hook refusing it
+        return False
 
 
 def _machine_key(precision: str, threads: int) -> str:
-    import torch
+    versions = {}
+    if _installed("torch"):
+        import torch
 
-    versions = {"torch": torch.__version__}
+        versions["torch"] = torch.__version__
     for engine in CPU_ENGINES:
         if _installed(engine):
             versions[engine] = __import__(engine).__version__
@@ -117,15 +122,75 @@ def _choose(detector: Any, onnx_path: Path, precision: str, threads: int) -> tup
         if check["ok"]:
             runtimes[engine] = runtime
             contenders[engine] = lambda r=runtime: r.run(x)
+    report["median_ms"] = _time_interleaved(contenders)
+    best = min(report["median_ms"], key=report["median_ms"].__getitem__)
+    return best, report
+
+
+def _time_interleaved(contenders: dict[str, Any], rounds: int = AUTO_ROUNDS) -> dict[str, float]:
+    """Median ms of each ``contenders[name]()`` over ``rounds`` rounds, the contenders taking turns."""
     times: dict[str, list[float]] = {name: [] for name in contenders}
-    for _ in range(AUTO_ROUNDS):
+    for _ in range(rounds):
         for name, fn in contenders.items():
             start = time.perf_counter()
             fn()
             times[name].append((time.perf_counter() - start) * 1000.0)
-    report["median_ms"] = {name: statistics.median(t) for name, t in times.items()}
-    best = min(report["median_ms"], key=report["median_ms"].__getitem__)
-    return best, report
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def _cached_choice(decision: Path, choose: Any) -> str:
+    """The engine named in ``decision`` (JSON), else ``choose()`` → (engine, report), logged and written there."""
+    try:
+        return json.loads(decision.read_text())["engine"]
+    except (OSError, ValueError, KeyError):
+        pass
+    engine, report = choose()
+    log.info("engine auto chose %s: %s", engine, json.dumps(report))
+    try:
+        decision.write_text(json.dumps({"engine": engine, **report}, indent=1))
+    except OSError:
+        log.warning("could not cache the engine choice in %s", decision)
+    return engine
+
+
+def choose_exported(onnx_path: str | Path, installed: list[str], *, precision: str = "fp32",
+                    threads: int | None = None) -> Runtime:
+    """``auto`` without torch (the CPU image): the fastest of the ``installed`` exported-model engines on
+    ``onnx_path``, timed interleaved on the probe batch. No torch reference to check parity against: an
+    engine whose output is not finite or not the shape of the others' is not chosen. The choice is cached
+    beside the export (or in the writable engine cache, :func:`predictor.runtimes.export.cache_dirs`)."""
+    onnx_path = Path(onnx_path)
+    threads = threads or cpu_threads()
+    if len(installed) == 1:
+        return build_runtime(installed[0], onnx_path, precision=precision, threads=threads)
+    runtimes: dict[str, Runtime] = {}
+
+    def choose() -> tuple[str, dict[str, Any]]:
+        x = probe_batch(int(json.loads(Path(f"{onnx_path}.json").read_text())["input_size"]))
+        outputs, report = {}, {"checks": {}}
+        for engine in installed:
+            try:
+                runtimes[engine] = build_runtime(engine, onnx_path, precision=precision, threads=threads)
+                outputs[engine] = runtimes[engine].run(x)
+            except Exception as error:  # noqa: BLE001 - a broken engine is just not chosen
+                report["checks"][engine] = {"ok": False, "reason": repr(error)}
+        shapes = [out.shape for out in outputs.values()]
+        usable = {e: r for e, r in runtimes.items() if e in outputs and np.isfinite(outputs[e]).all()
+                  and shapes.count(outputs[e].shape) == len(shapes)}
+        for engine in outputs:
+            report["checks"][engine] = {"ok": engine in usable}
+        if not usable:
+            raise ValueError(f"{onnx_path}: no installed engine ({', '.join(installed)}) runs it: {report}")
+        report["median_ms"] = _time_interleaved({e: (lambda r=r: r.run(x)) for e, r in usable.items()})
+        return min(report["median_ms"], key=report["median_ms"].__getitem__), report
+
+    from predictor.runtimes.export import _writable, cache_dirs
+
+    folder = next((d for d in [onnx_path.parent, *cache_dirs(onnx_path)[1:]] if _writable(d)), onnx_path.parent)
+    engine = _cached_choice(folder / f"auto-{onnx_path.stem}-{_machine_key(precision, threads)}.json", choose)
+    if engine in runtimes:
+        return runtimes[engine]
+    return build_runtime(engine, onnx_path, precision=precision, threads=threads)
 
 
 def attach(detector: Any, *, engine: str, weights: str | Path, precision: str = "fp32",
@@ -166,15 +231,7 @@ def attach(detector: Any, *, engine: str, weights: str | Path, precision: str = 
         return "torch"
     if engine == "auto":
         decision = onnx_path.parent / f"auto-{onnx_path.stem}-{_machine_key(precision, threads)}.json"
-        try:
-            engine = json.loads(decision.read_text())["engine"]
-        except (OSError, ValueError, KeyError):
-            engine, report = _choose(detector, onnx_path, precision, threads)
-            log.info("engine auto chose %s: %s", engine, json.dumps(report))
-            try:
-                decision.write_text(json.dumps({"engine": engine, **report}, indent=1))
-            except OSError:
-                log.warning("could not cache the engine choice in %s", decision)
+        engine = _cached_choice(decision, lambda: _choose(detector, onnx_path, precision, threads))
         if engine == "torch":
             return "torch"
     detector.runtime = build_runtime(engine, onnx_path, precision=precision, threads=threads)

@@ -5,7 +5,8 @@ OpenVINO used directly (the anchors), then each engine served end to end.
    threads, contenders interleaved round by round (ABAB...), median ms per batch and ratios:
    ``torch`` (Detector.forward as served today: fused, channels-last, fp32), ``onnxruntime`` /
    ``openvino`` (Detector.forward through our runtimes), ``ort_direct`` (a plain InferenceSession, default
-   options, same threads) and ``ov_direct`` (a plain compile_model, f32 hint, same threads), plus
+   options, same threads), ``ov_direct`` (a plain compile_model, f32 hint, same threads: OpenVINO pins its
+   threads by default) and ``ov_direct_unpinned`` (the same, threads not pinned, as ours), plus
    ``openvino_bf16`` vs ``ov_direct_default`` (OpenVINO's own default precision: bf16 on a bf16 CPU).
    The whole benchmark runs with the predictor's ``OMP_WAIT_POLICY=PASSIVE``; ``openmp`` compares it
    with OpenMP's default spinning (torch, two processes interleaved).
@@ -90,6 +91,9 @@ def bench_forward(variants: list[str], batches: list[int], threads: int, cache: 
         core = ov.Core()
         ov_direct = core.compile_model(str(onnx_path), "CPU", {"INFERENCE_PRECISION_HINT": "f32",
                                                                "INFERENCE_NUM_THREADS": threads})
+        ov_unpinned = core.compile_model(str(onnx_path), "CPU", {"INFERENCE_PRECISION_HINT": "f32",
+                                                                 "INFERENCE_NUM_THREADS": threads,
+                                                                 "ENABLE_CPU_PINNING": False})
         bf16 = cpu_supports_bf16()
         if bf16:
             ours["openvino_bf16"] = _detector(variant, cache, "openvino", "bf16")
@@ -103,6 +107,8 @@ def bench_forward(variants: list[str], batches: list[int], threads: int, cache: 
             fns["ort_direct"] = lambda xn=xn, session=ort_direct: session.run(None, {"images": xn})
             request = ov_direct.create_infer_request()
             fns["ov_direct"] = lambda xn=xn, r=request: r.infer({0: xn})
+            request_unpinned = ov_unpinned.create_infer_request()
+            fns["ov_direct_unpinned"] = lambda xn=xn, r=request_unpinned: r.infer({0: xn})
             if bf16:
                 request_default = ov_default.create_infer_request()
                 fns["ov_direct_default"] = lambda xn=xn, r=request_default: r.infer({0: xn})
@@ -112,9 +118,10 @@ def bench_forward(variants: list[str], batches: list[int], threads: int, cache: 
                    "speedup_vs_torch": {k: round(medians["torch"] / v, 3) for k, v in medians.items()},
                    "ours_vs_direct": {}}
             for engine, anchor in (("onnxruntime", "ort_direct"), ("openvino", "ov_direct"),
-                                   ("openvino_bf16", "ov_direct_default")):
+                                   ("openvino", "ov_direct_unpinned"), ("openvino_bf16", "ov_direct_default")):
                 if engine in medians and anchor in medians:
-                    row["ours_vs_direct"][engine] = round(medians[engine] / medians[anchor], 3)
+                    row["ours_vs_direct"][f"{engine}/{anchor}"] = round(medians[engine] / medians[anchor], 3)
+            row["loadavg"] = _loadavg()
             rows.append(row)
             print(f"[engine] forward {variant} b{n}: {medians}", file=sys.stderr)
     return rows
@@ -205,13 +212,18 @@ def _bare_worker(conn: Any, engine: str, cache: str, threads: int, jpeg: bytes) 
     torch.set_num_threads(threads)
     detector = _detector("yolov7-tiny", Path(cache), engine)
     rgb = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1].copy()
-    x = detector.preprocess([rgb])[0]
-    detector.forward(x)
+    serve_forwards(conn, detector.forward, detector.preprocess([rgb])[0])
+
+
+def serve_forwards(conn: Any, forward: Callable[[Any], Any], x: Any) -> None:
+    """The bare-forward loop of a benchmark's helper process: one warm-up, then for each ``n`` received, ``n``
+    timed ``forward(x)`` and their milliseconds sent back; 0 ends it."""
+    forward(x)
     while n := conn.recv():
         times = []
         for _ in range(n):
             start = time.perf_counter()
-            detector.forward(x)
+            forward(x)
             times.append((time.perf_counter() - start) * 1000)
         conn.send(times)
 

@@ -100,6 +100,8 @@ def cold_start(python: Path, weights: Path, image: bytes, *, timeout: float = 12
            "YOLO_DEVICE": "auto", "YOLO_ENGINE": "auto"}  # the image's defaults (Dockerfile ENV)
     body = json.dumps({"inputs": [{"name": "images", "datatype": "BYTES", "shape": [1],
                                    "data": [base64.b64encode(image).decode()]}]}).encode()
+    for decision in weights.parent.rglob("batching-*.json"):  # each start measures, as in the image (whose
+        decision.unlink()  # baked engine folder is read-only and whose writable caches start empty)
     start = time.perf_counter()
     process = subprocess.Popen([str(python), "-m", "predictor", "--weights", str(weights), "--http_port", str(http),
                                 "--grpc_port", str(grpc)], cwd=ROOT, env=env,
@@ -128,6 +130,7 @@ def cold_start(python: Path, weights: Path, image: bytes, *, timeout: float = 12
         torch_loaded = _torch_mapped(process.pid)
         return {"ready_s": round(ready, 3), "first_answer_s": round(first, 3), "idle_rss_mb": round(_rss_mb(process.pid), 1),
                 "engine": meta["parameters"]["engine"], "torch_loaded": torch_loaded,
+                "batching": meta["parameters"].get("batching"),
                 "detections": int(next(o for o in answer["outputs"] if o["name"] == "num_detections")["data"][0])}
     finally:
         process.terminate()

@@ -113,3 +113,38 @@ async def test_concurrent_requests_batch_and_keep_their_thresholds(engine_server
         after = scrape(sync, server)
     assert after["yolo_batch_size_sum"] - before["yolo_batch_size_sum"] == len(pictures)
     assert after["yolo_batch_size_count"] - before["yolo_batch_size_count"] < len(pictures), "no batch formed"
+
+
+async def test_the_cpu_batching_rule_is_measured_applied_and_shown(tiny_weights, images):
+    """No batching flag given: the server measures the engine at b1 and b4, decides by the rule, says so in
+    its metadata and log, and its batcher follows the decision; a lone request never waits for company."""
+    from predictor.batch_plan import PROBE_BATCH, decide
+
+    pairs = zip(SERVER_ARGS[::2], SERVER_ARGS[1::2], strict=True)
+    args = [item for flag, value in pairs if "batch" not in flag for item in (flag, value)]
+    env = {**SERVER_ENV, "YOLO_ENGINE": ENGINES[0] if ENGINES[0] != "auto" else "torch"}
+    bus = images["bus"]
+    with predictor_server(tiny_weights, extra_args=args, env=env) as server, httpx.Client(timeout=120) as http:
+        meta = http.get(f"{server.http_url}/v2/models/yolov7").json()["parameters"]
+        plan = meta["batching"]
+        assert plan["source"] in ("measured", "cached") and plan["rounds"] >= 1
+        per_image = {int(k): v for k, v in plan["per_image_ms"].items()}
+        assert set(per_image) == {1, PROBE_BATCH} and all(v > 0 for v in per_image.values())
+        expected = decide(per_image, max_batch_size=8, max_batch_delay_ms=5.0)
+        assert (meta["max_batch_size"], meta["max_batch_delay_ms"]) == (expected.max_batch_size,
+                                                                        expected.max_batch_delay_ms)
+        assert "batching on the CPU" in server.log_text()
+        before = scrape(http, server)
+        for _ in range(3):  # c1: each request alone
+            assert http.post(server.infer_url, json=v2_request(bus)).status_code == 200
+        after = scrape(http, server)
+        waited = after["yolo_batch_queue_seconds_sum"] - before["yolo_batch_queue_seconds_sum"]
+        assert after["yolo_batch_queue_seconds_count"] - before["yolo_batch_queue_seconds_count"] == 3
+        assert waited / 3 < 0.004, f"a lone request waited {1000 * waited / 3:.1f} ms for a batch to form"
+        async with httpx.AsyncClient(timeout=300) as client:  # c4: batches only where the rule kept them
+            answers = await asyncio.gather(*(client.post(server.infer_url, json=v2_request(bus)) for _ in range(4)))
+        assert all(answer.status_code == 200 for answer in answers)
+        final = scrape(http, server)
+        batches = final["yolo_batch_size_count"] - after["yolo_batch_size_count"]
+        if expected.max_batch_size == 1:
+            assert batches == 4, "batches formed although batching does not pay here"

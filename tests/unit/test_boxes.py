@@ -169,5 +169,115 @@ def test_the_server_takes_the_torch_free_path_only_where_it_applies(exported: di
     monkeypatch.setattr(chooser, "_installed", lambda name: name != "torch" and name in ENGINES)
     assert isinstance(chooser.torch_free_detector(settings(engine="auto", device="auto"), exported["weights"]),
                       ExportedDetector)  # no torch: auto = an installed CPU engine
-    with pytest.raises(ValueError, match="no exported model"):
+    with pytest.raises(ValueError, match=r"no torch to export the checkpoint.*predictor\.runtimes\.export"):
         chooser.torch_free_detector(settings(input_size=320), exported["weights"])
+
+
+@pytest.mark.skipif(not ENGINES, reason="no exported-model engine (onnxruntime, openvino) installed")
+def test_a_pre_exported_model_in_the_model_folder_is_served_even_where_torch_is_installed(exported, tmp_path):
+    """KServe's /mnt/models holding only model.onnx + model.onnx.json: found, and served by a CPU engine with the
+    image's defaults (device auto, engine auto) — torch installed or not; refused clearly for a GPU or torch."""
+    import shutil
+    from types import SimpleNamespace
+
+    from predictor.model import resolve_weights
+    from predictor.runtimes import detector as chooser
+
+    mount = tmp_path / "models"
+    mount.mkdir()
+    shutil.copy(exported["onnx"], mount / "model.onnx")
+    with pytest.raises(FileNotFoundError, match="no exported model"):  # no metadata beside it: not servable
+        resolve_weights(mount)
+    shutil.copy(export.metadata_path(exported["onnx"]), mount / "model.onnx.json")
+    assert resolve_weights(mount) == mount / "model.onnx"
+    settings = SimpleNamespace(device="auto", engine="auto", precision="auto", input_size=0, engine_cache="")
+    served = chooser.torch_free_detector(settings, mount / "model.onnx")
+    assert isinstance(served, ExportedDetector) and served.engine in ENGINES
+    for bad in ({"device": "cuda"}, {"engine": "torch"}):
+        with pytest.raises(ValueError, match="runs on the CPU engines"):
+            chooser.torch_free_detector(SimpleNamespace(**{**vars(settings), **bad}), mount / "model.onnx")
+
+
+@pytest.mark.skipif(len(ENGINES) < 2, reason="needs both onnxruntime and openvino")
+def test_auto_without_torch_times_the_installed_engines_and_caches_the_choice(exported: dict, monkeypatch):
+    """The CPU image with OpenVINO added: no torch, so auto measures (it used to take the first installed)."""
+    from types import SimpleNamespace
+
+    from predictor.runtimes import detector as chooser
+    from predictor.runtimes import select
+
+    monkeypatch.setattr(chooser, "_installed", lambda name: name != "torch" and name in ENGINES)
+    for old in exported["onnx"].parent.glob(f"auto-{exported['onnx'].stem}-*.json"):
+        old.unlink()
+    settings = SimpleNamespace(device="auto", engine="auto", precision="auto", input_size=0,
+                               engine_cache=str(exported["cache"]))
+    chosen = chooser.torch_free_detector(settings, exported["onnx"])
+    [decision] = exported["onnx"].parent.glob(f"auto-{exported['onnx'].stem}-*.json")
+    report = json.loads(decision.read_text())
+    assert set(report["median_ms"]) == set(ENGINES) and report["engine"] == chosen.engine
+    assert chosen.engine == min(report["median_ms"], key=report["median_ms"].get)
+    monkeypatch.setattr(select, "_time_interleaved", lambda *a, **k: pytest.fail("timed again"))
+    assert chooser.torch_free_detector(settings, exported["onnx"]).engine == chosen.engine  # a restart reads it
+
+
+def _letterbox_by_fill(image: np.ndarray, size: int, color=boxes.PAD_COLOR) -> np.ndarray:
+    """The letterbox as it was before the one-pass border (the whole canvas painted, then the image copied)."""
+    geo = boxes.letterbox_geometry(image.shape[:2], size)
+    new_h, new_w = geo.resized
+    if image.shape[:2] != (new_h, new_w):
+        image = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    out = np.empty((*geo.canvas, image.shape[2]), image.dtype)
+    out[...] = np.resize(np.asarray(color, image.dtype), image.shape[2])
+    top, _, left, _ = geo.borders
+    out[top : top + new_h, left : left + new_w] = image
+    return out
+
+
+@pytest.mark.parametrize("shape", [(1080, 810, 3), (300, 500, 3), (640, 320, 3), (451, 300, 4), (17, 1000, 3),
+                                   (640, 640, 3)])
+def test_the_one_pass_letterbox_equals_painting_the_canvas_first(shape):
+    rng = np.random.default_rng(sum(shape))
+    image = rng.integers(0, 256, shape, dtype=np.uint8)
+    for source in (image, image[:, ::-1]):  # a contiguous image and a flipped view
+        out, geo = boxes.letterbox(source, 640, color=(114, 7, 250))
+        assert out.shape[:2] == geo.canvas and out.dtype == np.uint8
+        np.testing.assert_array_equal(out, _letterbox_by_fill(source, 640, (114, 7, 250)))
+        assert not np.shares_memory(out, source)
+
+
+def _greedy_loop(xyxy: np.ndarray, scores: np.ndarray, iou: float, limit: int) -> np.ndarray:
+    """The greedy NMS as it was: one kept box's IoUs with the rest at a time, over every box at once."""
+    order = np.argsort(-scores, kind="stable")
+    x1, y1, x2, y2 = xyxy.T
+    areas = (x2 - x1) * (y2 - y1)
+    kept = []
+    while order.size and len(kept) < limit:
+        i, rest = order[0], order[1:]
+        kept.append(i)
+        inter = (np.clip(np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]), 0, None)
+                 * np.clip(np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]), 0, None))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            order = rest[~(inter / (areas[i] + areas[rest] - inter) > iou)]
+    return np.asarray(kept, dtype=np.int64)
+
+
+@pytest.mark.parametrize("count", [1, 2, 50, 700, 1500])
+def test_the_fast_nms_keeps_what_the_greedy_loop_keeps(count, monkeypatch):
+    """IoU matrix (few boxes) or loop (many), one pass or class by class: the same indices as before."""
+    rng = np.random.default_rng(count)
+    xy = rng.uniform(0, 600, (count, 2))
+    wh = rng.uniform(0, 120, (count, 2))
+    wh[::7] = 0.0  # empty boxes: their IoU is 0/0 = NaN, never a reason to suppress
+    xyxy = np.concatenate((xy, xy + wh), axis=1)
+    xyxy[1::5] = xyxy[0]  # duplicates
+    scores = rng.choice(np.linspace(0.1, 0.9, 9), count)  # many ties: the stable order decides
+    classes = rng.integers(0, 6, count)
+    shifted = xyxy + (classes * (xyxy.max() - xyxy.min() + 1.0))[:, None]  # as non_max_suppression does
+    for iou, limit in ((0.45, 300), (0.1, 5), (0.9, 2000)):
+        for matrix_max, groups_from in ((0, 0), (1024, 0), (1024, 512)):
+            monkeypatch.setattr(boxes, "_NMS_MATRIX_MAX", matrix_max)
+            monkeypatch.setattr(boxes, "_NMS_GROUPS_FROM", groups_from)
+            np.testing.assert_array_equal(boxes._nms_indices(xyxy, scores, iou, limit),
+                                          _greedy_loop(xyxy, scores, iou, limit))
+            np.testing.assert_array_equal(boxes._nms_indices(shifted, scores, iou, limit, classes),
+                                          _greedy_loop(shifted, scores, iou, limit))

@@ -440,13 +440,15 @@ def test_predictor_venv_and_engines_follow_the_flavour(df, flavour, venv_chain, 
 
 def test_cpu_runtime_installs_the_torch_free_extra_and_refuses_torch(df):
     run = df.stage("predictor-venv-cpu").run_text()
-    assert '".[predictor-cpu]"' in run and "-c constraints.txt" in run
+    assert '".[${CPU_EXTRAS}]"' in run and "-c constraints.txt" in run
+    assert "ARG CPU_EXTRAS=predictor-cpu" in (ROOT / "Dockerfile").read_text()  # ONNX Runtime only by default
     assert "pip show torch" in run and "pip show torchvision" in run and "exit 1" in run
     import tomllib
 
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     names = {re.split(r"[<>=!~\[; ]", req, maxsplit=1)[0].lower() for req in extras["predictor-cpu"]}
     assert names == {"kserve", "opencv-python-headless", "onnxruntime"}, names
+    assert [re.split(r"[<>=!~\[; ]", r, maxsplit=1)[0] for r in extras["cpu-openvino"]] == ["openvino"]
     assert {"torch", "torchvision"} <= {re.split(r"[<>=!~\[; ]", r, maxsplit=1)[0] for r in extras["predictor"]}
 
 

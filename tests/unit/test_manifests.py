@@ -107,6 +107,20 @@ def test_custom_weights_from_storage_uri():
     assert manifests.model_status({}, CONFIG) == {"variant": "yolov7", "version": "v0.1"}
 
 
+def test_cpu_detectors_leave_default_batching_to_the_predictors_measurement():
+    """CPU, spec batching at its defaults: no batching flag, so the predictor measures whether batching pays
+    (predictor.batch_plan); a changed value, or a GPU detector, passes the flags, which win."""
+    cpu_default = container(build({"resources": {"gpu": 0}}))["args"]
+    assert not any(arg.startswith(("--max_batch_size", "--max_batch_delay_ms")) for arg in cpu_default)
+    settings = parse_args(cpu_default)
+    assert not settings.is_explicit("max_batch_size") and not settings.is_explicit("max_batch_delay_ms")
+    cpu_changed = container(build({"resources": {"gpu": 0}, "batching": {"maxBatchSize": 4}}))["args"]
+    assert "--max_batch_size=4" in cpu_changed and "--max_batch_delay_ms=5.0" not in cpu_changed
+    assert parse_args(cpu_changed).is_explicit("max_batch_size")
+    gpu_default = container(build({"resources": {"gpu": 1}}))["args"]
+    assert "--max_batch_size=8" in gpu_default and "--max_batch_delay_ms=5.0" in gpu_default
+
+
 def test_every_predictor_option_rendered_through_predictor_settings():
     spec = {
         "variant": "yolov7x",

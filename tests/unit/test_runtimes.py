@@ -114,12 +114,25 @@ def test_parity_check_rejects_a_drifting_engine():
     assert not parity(ref, np.full_like(ref, np.nan))["ok"]
 
 
+@pytest.mark.skipif("onnxruntime" not in EXPORTED, reason="onnxruntime not installed")
+def test_onnxruntime_trim_shrinks_the_arena_once_and_changes_no_answer(tiny: dict):
+    runtime = build_runtime("onnxruntime", tiny["onnx"])
+    x = probe_batch(640)
+    before = runtime.run(np.concatenate([x] * 4))[:1]  # the arena grows for a batch of 4
+    runtime.trim()
+    assert runtime._run_options is not None
+    np.testing.assert_array_equal(runtime.run(x), before)  # this run shrinks the arena at its end
+    assert runtime._run_options is None  # once
+    np.testing.assert_array_equal(runtime.run(x), before)
+
+
 @pytest.mark.skipif("openvino" not in EXPORTED, reason="openvino not installed")
 def test_openvino_bf16_is_explicit_and_applied(tiny: dict):
     from predictor.runtimes.openvino import cpu_supports_bf16
 
     fp32 = build_runtime("openvino", tiny["onnx"])
     assert "float32" in str(fp32.compiled.get_property("INFERENCE_PRECISION_HINT"))
+    assert fp32.compiled.get_property("ENABLE_CPU_PINNING") is False  # threads free to move off a busy core
     if not cpu_supports_bf16():
         with pytest.raises(ValueError, match="bf16"):
             build_runtime("openvino", tiny["onnx"], precision="bf16")

@@ -152,6 +152,24 @@ def test_base64_variants_are_accepted():
         wire.parse_v1({"instances": ["abcde"]}, LIMITS)
 
 
+def test_the_strict_base64_fast_path_decodes_as_the_lenient_path():
+    """Canonical base64 takes one strict C pass; everything it refuses (variants, junk) the lenient path,
+    so every text decodes to what the lenient path alone gives, or is refused with the same message."""
+    data = bytes(range(256)) * 3
+    texts = [base64.b64encode(data).decode(), base64.b64encode(data[:-1]).decode(), "", "ab==cd==", "YQ===",
+             base64.urlsafe_b64encode(data).decode(), " " + base64.b64encode(data).decode(), "é" + "A" * 7, "*abc"]
+
+    def decode(function, text):
+        try:
+            return function(text, "image 0")
+        except RequestError as error:
+            return str(error)
+
+    fast = [decode(wire._b64decode, text) for text in texts]
+    assert fast == [decode(wire._b64decode_lenient, text) for text in texts]
+    assert fast[0] == data and "invalid base64" in fast[-1]
+
+
 def test_parse_v1_reads_a_json_body_of_any_content_type():
     """KServe hands a non-JSON content type (text/plain) to the model as bytes: v1 refused it, v2 did not."""
     text = base64.b64encode(encode(".png", gradient(8, 8))).decode()

@@ -1,0 +1,222 @@
+"""CPU serving: the batching rule against batching always on, and the served overhead over the bare forward.
+
+1. ``batching`` (yolov7-tiny, 640, REST v2 JSON, bus.jpg), per installed engine: two servers side by side,
+   ``before`` (``--max_batch_size 8 --max_batch_delay_ms 5``: batching on, as before the rule) and
+   ``after`` (no batching flag: :mod:`predictor.batch_plan` decides), driven in turn, round by round
+   (ABAB): c1 p50 latency, c2 and c8 throughput; medians over the rounds and after/before ratios; the
+   rule's decision (figures) as the ``after`` server reported it.
+2. ``overhead`` (yolov7-tiny and yolov7, 640, bus.jpg, c1), per engine: the served request latency against
+   the bare forward of the same engine and threads in a process of its own that does nothing else
+   (the same letterboxed bus.jpg), alternating one served request and one bare forward; medians and
+   ``served_over_bare`` (target: tiny <= 1.20, yolov7 <= 1.10), with the served stages from
+   ``Server-Timing``.
+
+The exported engines serve the ONNX export itself (``--weights model.onnx``: the CPU image's torch-free
+path); torch serves the checkpoint. Load averages are recorded before and after each section.
+``run(out_dir, quick)`` is called by ``python -m tests.bench.run --only cpu_serving``. Environment:
+``YOLO_BENCH_SERVING_ENGINES`` (default: every installed one and torch), ``YOLO_BENCH_SERVING_VARIANTS``
+(overhead; default ``yolov7-tiny,yolov7``), ``YOLO_BENCH_SKIP_BATCHING=1``, ``YOLO_BENCH_SKIP_OVERHEAD=1``,
+``YOLO_BENCH_THREADS`` (default 2).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import importlib.util
+import json
+import multiprocessing
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+EXPORTED = tuple(e for e in ("onnxruntime", "openvino") if importlib.util.find_spec(e) is not None)
+BEFORE_FLAGS = ["--max_batch_size", "8", "--max_batch_delay_ms", "5"]
+
+
+def _fixtures() -> Path:
+    from tests.conftest import fixtures_root
+
+    return fixtures_root() / "yolov7"
+
+
+def _loadavg() -> list[float]:
+    return [round(v, 2) for v in os.getloadavg()]
+
+
+def _model(variant: str, engine: str, folder: Path) -> Path:
+    """The checkpoint (torch) or its ONNX export with metadata (the exported engines), in ``folder``."""
+    weights = folder / f"{variant}-random.pt"
+    if not weights.is_file():
+        shutil.copy(_fixtures() / weights.name, weights)
+    if engine == "torch":
+        return weights
+    from predictor.engine import Detector
+    from predictor.runtimes.export import export_onnx, exported_name, weights_sha256, write_metadata
+
+    detector = Detector.from_weights(weights, device="cpu")
+    path = folder / exported_name(weights, weights_sha256(weights), detector.input_size)
+    if not path.is_file():  # exported here: never another run's export (nor its cached decisions) elsewhere
+        export_onnx(detector.model, detector.input_size, path)
+    write_metadata(path, detector)
+    return path
+
+
+def _body(jpeg: bytes) -> bytes:
+    return json.dumps({"inputs": [{"name": "images", "shape": [1], "datatype": "BYTES",
+                                   "data": [base64.b64encode(jpeg).decode()]}]}).encode()
+
+
+@contextlib.contextmanager
+def _server(model: Path, engine: str, threads: int, extra: list[str]):
+    from tests.tools.predictor_server import predictor_server
+
+    scratch = model.parent / "scratch"  # this run's caches only: the engine choice and batching decisions
+    scratch.mkdir(exist_ok=True)
+    env = {"YOLO_ENGINE": engine, "OMP_NUM_THREADS": str(threads), "YOLO_ENGINE_CACHE": str(scratch),
+           "TMPDIR": str(scratch), "XDG_CACHE_HOME": str(scratch)}
+    with predictor_server(model, extra_args=["--enable_latency_logging", "false", *extra], env=env) as server:
+        yield server
+
+
+def bench_batching(engines: list[str], threads: int, folder: Path, quick: bool) -> list[dict]:
+    import httpx
+
+    from tests.bench.service_bench import _load
+
+    body, headers = _body((_fixtures() / "images" / "bus.jpg").read_bytes()), {"content-type": "application/json"}
+    rows = []
+    for engine in engines:
+        model = _model("yolov7-tiny", engine, folder)
+        loads = {"before": _loadavg()}
+        with _server(model, engine, threads, BEFORE_FLAGS) as before, _server(model, engine, threads, []) as after:
+            with httpx.Client(timeout=60) as http:
+                plan = http.get(f"{after.http_url}/v2/models/yolov7").json()["parameters"]["batching"]
+            servers = {"before": before, "after": after}
+            figures: dict[str, dict[str, list[float]]] = {k: {"c1_p50_ms": [], "c2_rps": [], "c8_rps": []}
+                                                          for k in servers}
+            for _ in range(2 if quick else 3):
+                for name, server in servers.items():  # ABAB
+                    load = dict(content=body, headers=headers)
+                    figures[name]["c1_p50_ms"].append(
+                        _load(server.infer_url, **load, concurrency=1, requests=6 if quick else 12)["latency_ms_p50"])
+                    for c in (2, 8):
+                        figures[name][f"c{c}_rps"].append(
+                            _load(server.infer_url, **load, concurrency=c, requests=(2 if quick else 4) * c)[
+                                "throughput_rps"])
+        loads["after"] = _loadavg()
+        medians = {name: {k: round(statistics.median(v), 2) for k, v in f.items()} for name, f in figures.items()}
+        row = {"engine": engine, "variant": "yolov7-tiny", "rule": plan, "rounds": figures, "median": medians,
+               "after_over_before": {k: round(medians["after"][k] / medians["before"][k], 3)
+                                     for k in medians["before"]},
+               "loadavg": loads}
+        print(f"[cpu_serving] batching {engine}: {medians} rule {plan}", file=sys.stderr)
+        rows.append(row)
+    return rows
+
+
+def _bare_worker(conn: Any, model: str, engine: str, threads: int, jpeg: bytes) -> None:
+    """Only the bare forward, on the same engine and threads, on the letterboxed bus.jpg."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from predictor import images
+
+    if engine == "torch":
+        import torch
+
+        from predictor.engine import Detector
+
+        torch.set_num_threads(threads)
+        detector: Any = Detector.from_weights(model, device="cpu")
+    else:
+        from predictor.runtimes.detector import ExportedDetector
+
+        detector = ExportedDetector.load(model, engine=engine, threads=threads)
+    from tests.bench.engine_bench import serve_forwards
+
+    serve_forwards(conn, detector.forward, detector.preprocess([images.decode_image(jpeg, 40_000_000)])[0])
+
+
+def bench_overhead(variants: list[str], engines: list[str], threads: int, folder: Path, quick: bool) -> list[dict]:
+    import httpx
+
+    jpeg = (_fixtures() / "images" / "bus.jpg").read_bytes()
+    body, headers = _body(jpeg), {"content-type": "application/json"}
+    rows = []
+    for variant in variants:
+        for engine in engines:
+            model = _model(variant, engine, folder)
+            loads = {"before": _loadavg()}
+            spawn = multiprocessing.get_context("spawn")
+            parent, child = spawn.Pipe()
+            bare = spawn.Process(target=_bare_worker, args=(child, str(model), engine, threads, jpeg), daemon=True)
+            bare.start()
+            served, bare_ms, stages = [], [], {"decode": [], "preprocess": [], "forward": [], "postprocess": []}
+            with _server(model, engine, threads, []) as server, httpx.Client(timeout=120) as http:
+                n = (8 if quick else 20) if variant == "yolov7-tiny" else (4 if quick else 10)
+                for index in range(n + 2):  # two warm-up pairs, then alternate: one served, one bare
+                    start = time.perf_counter()
+                    response = http.post(server.infer_url, content=body, headers=headers)
+                    latency = (time.perf_counter() - start) * 1000
+                    response.raise_for_status()
+                    parent.send(1)
+                    forward = parent.recv()[0]
+                    if index < 2:
+                        continue
+                    served.append(latency)
+                    bare_ms.append(forward)
+                    timing = dict(p.strip().split(";dur=") for p in response.headers["server-timing"].split(","))
+                    for stage in stages:
+                        stages[stage].append(float(timing[stage]))
+            parent.send(0)
+            bare.join(60)
+            loads["after"] = _loadavg()
+            row = {"variant": variant, "engine": engine, "threads": threads, "requests": len(served),
+                   "served_c1_ms_p50": round(statistics.median(served), 2),
+                   "bare_forward_ms_p50": round(statistics.median(bare_ms), 2),
+                   "served_stages_ms_p50": {k: round(statistics.median(v), 2) for k, v in stages.items()},
+                   "loadavg": loads}
+            row["served_over_bare"] = round(row["served_c1_ms_p50"] / row["bare_forward_ms_p50"], 3)
+            row["served_forward_over_bare"] = round(row["served_stages_ms_p50"]["forward"]
+                                                    / row["bare_forward_ms_p50"], 3)
+            row["target"] = 1.20 if variant == "yolov7-tiny" else 1.10
+            print(f"[cpu_serving] overhead {variant} {engine}: {row}", file=sys.stderr)
+            rows.append(row)
+    return rows
+
+
+def run(out_dir: Path, quick: bool = False) -> dict[str, Any]:
+    if not (_fixtures() / "yolov7-tiny-random.pt").is_file():
+        return {"skipped": "fixtures not found (set YOLO_FIXTURES)"}
+    threads = int(os.environ.get("YOLO_BENCH_THREADS", "2"))
+    engines = [e for e in os.environ.get("YOLO_BENCH_SERVING_ENGINES", ",".join((*EXPORTED, "torch"))).split(",") if e]
+    variants = [v for v in os.environ.get("YOLO_BENCH_SERVING_VARIANTS", "yolov7-tiny,yolov7").split(",") if v]
+    folder = Path(tempfile.mkdtemp(prefix="bench-cpu-serving-"))
+    import platform
+
+    result: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "processor": platform.processor(),
+                                          "loadavg_before": _loadavg()}, "quick": quick, "threads": threads}
+    try:
+        if os.environ.get("YOLO_BENCH_SKIP_BATCHING") != "1":
+            result["batching"] = bench_batching(engines, threads, folder, quick)
+        if os.environ.get("YOLO_BENCH_SKIP_OVERHEAD") != "1":
+            result["overhead"] = bench_overhead(variants, engines, threads, folder, quick)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    result["machine"]["loadavg_after"] = _loadavg()
+    return result
+
+
+if __name__ == "__main__":
+    out = json.dumps(run(Path("."), "--quick" in sys.argv), indent=1)
+    if "--out" in sys.argv:
+        Path(sys.argv[sys.argv.index("--out") + 1]).write_text(out + "\n")
+    print(out)
