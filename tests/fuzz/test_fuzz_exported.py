@@ -171,13 +171,14 @@ def test_hostile_exported_models(engine, exported, tmp_path):
 
 
 @pytest.mark.skipif(not ENGINES, reason="needs onnxruntime or openvino")
-def test_the_server_refuses_a_broken_export_in_one_line(exported, tmp_path):
+@pytest.mark.parametrize("engine", [*ENGINES[:1], "auto"])
+def test_the_server_refuses_a_broken_export_in_one_line(exported, tmp_path, engine):
     """``python -m predictor --weights broken.onnx``: exits at start-up with one ``error:`` line naming the file
     and what the runtime said, no traceback (the platform shows that line as the crash reason)."""
     meta = Path(f"{exported}.json").read_bytes()
     broken = _write(tmp_path, "broken", exported.read_bytes()[:100_000], meta)
     done = subprocess.run(
-        [sys.executable, "-m", "predictor", "--weights", str(broken), "--engine", ENGINES[0], "--device", "cpu",
+        [sys.executable, "-m", "predictor", "--weights", str(broken), "--engine", engine, "--device", "cpu",
          "--http_port", "0", "--enable_grpc", "false"],
         cwd=REPO_ROOT, capture_output=True, text=True, errors="replace", timeout=300,
         env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
