@@ -9,7 +9,8 @@
    the bare forward of the same engine and threads in a process of its own that does nothing else
    (the same letterboxed bus.jpg), alternating one served request and one bare forward; medians and
    ``served_over_bare`` (target: tiny <= 1.20, yolov7 <= 1.10), with the served stages from
-   ``Server-Timing``.
+   ``Server-Timing``; per protocol (``YOLO_BENCH_SERVING_PROTOCOLS``, default ``rest-json``; also
+   ``rest-binary`` and ``grpc``: the JPEG bytes as they are, no base64), requests of each protocol in turn.
 
 The exported engines serve the ONNX export itself (``--weights model.onnx``: the CPU image's torch-free
 path); torch serves the checkpoint. Load averages are recorded before and after each section.
@@ -74,6 +75,37 @@ def _model(variant: str, engine: str, folder: Path) -> Path:
 def _body(jpeg: bytes) -> bytes:
     return json.dumps({"inputs": [{"name": "images", "shape": [1], "datatype": "BYTES",
                                    "data": [base64.b64encode(jpeg).decode()]}]}).encode()
+
+
+def _senders(server: Any, http: Any, jpeg: bytes, protocols: list[str]) -> dict[str, Any]:
+    """protocol -> a call that sends bus.jpg once and returns the ``Server-Timing`` header (None on gRPC)."""
+    import grpc
+    from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+    from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
+
+    raw = len(jpeg).to_bytes(4, "little") + jpeg
+    header = json.dumps({"inputs": [{"name": "images", "shape": [1], "datatype": "BYTES",
+                                     "parameters": {"binary_data_size": len(raw)}}]}).encode()
+    bodies = {"rest-json": (_body(jpeg), {"content-type": "application/json"}),
+              "rest-binary": (header + raw, {"content-type": "application/octet-stream",
+                                             "inference-header-content-length": str(len(header))})}
+
+    def rest(protocol: str):
+        def send() -> str:
+            response = http.post(server.infer_url, content=bodies[protocol][0], headers=bodies[protocol][1])
+            response.raise_for_status()
+            return response.headers["server-timing"]
+        return send
+
+    channel = grpc.insecure_channel(server.grpc_target)
+    stub = pb_grpc.GRPCInferenceServiceStub(channel)
+    request = pb.ModelInferRequest(model_name="yolov7", raw_input_contents=[raw], inputs=[
+        pb.ModelInferRequest.InferInputTensor(name="images", datatype="BYTES", shape=[1])])
+
+    def grpc_send() -> None:
+        stub.ModelInfer(request, timeout=120)
+
+    return {p: (grpc_send if p == "grpc" else rest(p)) for p in protocols}
 
 
 @contextlib.contextmanager
@@ -149,7 +181,7 @@ def bench_overhead(variants: list[str], engines: list[str], threads: int, folder
     import httpx
 
     jpeg = (_fixtures() / "images" / "bus.jpg").read_bytes()
-    body, headers = _body(jpeg), {"content-type": "application/json"}
+    protocols = [p for p in os.environ.get("YOLO_BENCH_SERVING_PROTOCOLS", "rest-json").split(",") if p]
     rows = []
     for variant in variants:
         for engine in engines:
@@ -159,37 +191,44 @@ def bench_overhead(variants: list[str], engines: list[str], threads: int, folder
             parent, child = spawn.Pipe()
             bare = spawn.Process(target=_bare_worker, args=(child, str(model), engine, threads, jpeg), daemon=True)
             bare.start()
-            served, bare_ms, stages = [], [], {"decode": [], "preprocess": [], "forward": [], "postprocess": []}
+            served = {p: [] for p in protocols}
+            bare_ms: list[float] = []
+            stages = {p: {"decode": [], "preprocess": [], "forward": [], "postprocess": []} for p in protocols}
             with _server(model, engine, threads, []) as server, httpx.Client(timeout=120) as http:
+                senders = _senders(server, http, jpeg, protocols)
                 n = (8 if quick else 20) if variant == "yolov7-tiny" else (4 if quick else 10)
-                for index in range(n + 2):  # two warm-up pairs, then alternate: one served, one bare
-                    start = time.perf_counter()
-                    response = http.post(server.infer_url, content=body, headers=headers)
-                    latency = (time.perf_counter() - start) * 1000
-                    response.raise_for_status()
+                for index in range(n + 2):  # two warm-up rounds, then alternate: each protocol once, one bare
+                    for protocol, send in senders.items():
+                        start = time.perf_counter()
+                        header = send()
+                        latency = (time.perf_counter() - start) * 1000
+                        if index >= 2:
+                            served[protocol].append(latency)
+                            if header:
+                                timing = dict(p.strip().split(";dur=") for p in header.split(","))
+                                for stage in stages[protocol]:
+                                    stages[protocol][stage].append(float(timing[stage]))
                     parent.send(1)
                     forward = parent.recv()[0]
-                    if index < 2:
-                        continue
-                    served.append(latency)
-                    bare_ms.append(forward)
-                    timing = dict(p.strip().split(";dur=") for p in response.headers["server-timing"].split(","))
-                    for stage in stages:
-                        stages[stage].append(float(timing[stage]))
+                    if index >= 2:
+                        bare_ms.append(forward)
             parent.send(0)
             bare.join(60)
             loads["after"] = _loadavg()
-            row = {"variant": variant, "engine": engine, "threads": threads, "requests": len(served),
-                   "served_c1_ms_p50": round(statistics.median(served), 2),
-                   "bare_forward_ms_p50": round(statistics.median(bare_ms), 2),
-                   "served_stages_ms_p50": {k: round(statistics.median(v), 2) for k, v in stages.items()},
-                   "loadavg": loads}
-            row["served_over_bare"] = round(row["served_c1_ms_p50"] / row["bare_forward_ms_p50"], 3)
-            row["served_forward_over_bare"] = round(row["served_stages_ms_p50"]["forward"]
-                                                    / row["bare_forward_ms_p50"], 3)
-            row["target"] = 1.20 if variant == "yolov7-tiny" else 1.10
-            print(f"[cpu_serving] overhead {variant} {engine}: {row}", file=sys.stderr)
-            rows.append(row)
+            bare_p50 = round(statistics.median(bare_ms), 2)
+            for protocol in protocols:
+                row = {"variant": variant, "engine": engine, "protocol": protocol, "threads": threads,
+                       "requests": len(served[protocol]),
+                       "served_c1_ms_p50": round(statistics.median(served[protocol]), 2),
+                       "bare_forward_ms_p50": bare_p50, "loadavg": loads}
+                row["served_over_bare"] = round(row["served_c1_ms_p50"] / bare_p50, 3)
+                if stages[protocol]["forward"]:
+                    row["served_stages_ms_p50"] = {k: round(statistics.median(v), 2)
+                                                   for k, v in stages[protocol].items()}
+                    row["served_forward_over_bare"] = round(row["served_stages_ms_p50"]["forward"] / bare_p50, 3)
+                row["target"] = 1.20 if variant == "yolov7-tiny" else 1.10
+                print(f"[cpu_serving] overhead {variant} {engine}: {row}", file=sys.stderr)
+                rows.append(row)
     return rows
 
 
