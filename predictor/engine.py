@@ -170,6 +170,7 @@ class Detector:
         self._graph_pool: Any = None
         self._graph_failed = False
         self._lock = threading.Lock()
+        self._cpu_input: torch.Tensor | None = None  # stack(reuse=True)'s buffer, NHWC, grown as batches grow
         self.engine, self.runtime = "torch", None  # another CPU engine: predictor.runtimes.attach
         if self.accel == "compile":
             self._compiled = torch.compile(self.model, mode=compile_mode, dynamic=False)
@@ -238,8 +239,15 @@ class Detector:
         applied (kept to map the boxes back). ``where`` names the image in the error message."""
         return letterbox_rgb(image, self.input_size, where)
 
-    def stack(self, letterboxed: Sequence[np.ndarray]) -> torch.Tensor:
+    def stack(self, letterboxed: Sequence[np.ndarray], *, reuse: bool = False) -> torch.Tensor:
         """Letterboxed ``uint8 [S, S, 3]`` images (from :meth:`letterbox`) → the network input.
+
+        Args:
+            reuse: on the CPU, write into the detector's own input buffer (kept between calls, grown to
+                the largest batch) instead of fresh memory: the returned tensor is valid until the next
+                ``reuse`` call, so only a caller that runs one batch at a time passes it (the pipeline's
+                CPU path). Fresh 640² batches cost more in page faults than in arithmetic (~2.5 ms per
+                image against ~0.5). Ignored on CUDA.
 
         Returns:
             ``[N, 3, S, S]`` in [0, 1] on the detector's device and dtype, channels-last memory (NHWC
@@ -250,11 +258,30 @@ class Detector:
             raise ValueError("images is empty")
         s = self.input_size
         cuda = self.device.type == "cuda"
+        if reuse and not cuda:
+            return self._stack_into_buffer(letterboxed)
         host = torch.empty((len(letterboxed), s, s, 3), dtype=torch.uint8, pin_memory=cuda)
         np.stack(letterboxed, out=host.numpy())
         if cuda:
             host = host.to(self.device, non_blocking=True)
         return host.permute(0, 3, 1, 2).to(self.dtype).div_(255.0)
+
+    def _stack_into_buffer(self, letterboxed: Sequence[np.ndarray]) -> torch.Tensor:
+        """:meth:`stack` on the CPU into the reused buffer: each image cast straight into its row (no
+        uint8 batch in between), then the same ``div_(255)`` over the batch (the same values as a fresh
+        stack, bit for bit)."""
+        s, n = self.input_size, len(letterboxed)
+        if self._cpu_input is None or self._cpu_input.shape[0] < n:
+            self._cpu_input = None  # the old buffer goes before the new one is touched
+            self._cpu_input = torch.empty((n, s, s, 3), dtype=self.dtype)
+        rows = self._cpu_input[:n]
+        target = rows.numpy()
+        for row, image in enumerate(letterboxed):
+            if getattr(image, "shape", None) != (s, s, 3):
+                got = getattr(image, "shape", type(image).__name__)
+                raise ValueError(f"letterboxed image {row} must be [{s}, {s}, 3], got {got}")
+            np.copyto(target[row], image, casting="unsafe")
+        return rows.permute(0, 3, 1, 2).div_(255.0)
 
     def letterbox_tensors(self, images: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[LetterboxGeometry]]:
         """Decoded ``uint8 [3, H, W]`` tensors (e.g. nvJPEG's, on the detector's device) → the network

@@ -241,7 +241,8 @@ class DetectionPipeline:
             if any(item.jpeg is not None for item in items):
                 batch.inputs, batch.kept = self._gpu_inputs(items, batch.results)
             else:
-                batch.inputs = self.detector.stack([item.letterboxed for item in items])
+                # one batch at a time on the CPU (stages in turn): the detector's input buffer is reused
+                batch.inputs = self.detector.stack([item.letterboxed for item in items], reuse=self._streams is None)
                 batch.kept = list(range(len(items)))
             self._sync_stage()
         return batch

@@ -63,6 +63,7 @@ class ExportedDetector:
     def __init__(self, runtime: Any, *, names: Sequence[str], variant: str = "custom",
                  strides: Sequence[int] = (8, 16, 32), input_size: int = 640):
         self.runtime = runtime
+        self._input: np.ndarray | None = None  # stack(reuse=True)'s buffer
         self.engine = runtime.name
         self.precision = runtime.precision
         self.names = [str(n) for n in names]
@@ -98,11 +99,27 @@ class ExportedDetector:
         """As :meth:`predictor.engine.Detector.letterbox`: RGB ``uint8 [H, W, 3]`` → ``[S, S, 3]`` + geometry."""
         return boxes.letterbox_rgb(image, self.input_size, where)
 
-    def stack(self, letterboxed: Sequence[np.ndarray]) -> np.ndarray:
-        """Letterboxed ``uint8 [S, S, 3]`` images → float32 ``[N, 3, S, S]`` in [0, 1], C-contiguous."""
+    def stack(self, letterboxed: Sequence[np.ndarray], *, reuse: bool = False) -> np.ndarray:
+        """Letterboxed ``uint8 [S, S, 3]`` images → float32 ``[N, 3, S, S]`` in [0, 1], C-contiguous.
+
+        ``reuse``: as :meth:`predictor.engine.Detector.stack` — into this detector's own buffer (valid
+        until the next ``reuse`` call; for a caller running one batch at a time), sparing the page faults
+        of a fresh batch; the same values."""
         if len(letterboxed) == 0:
             raise ValueError("images is empty")
-        batch = np.stack(letterboxed).transpose(0, 3, 1, 2).astype(np.float32)  # astype: a contiguous copy
+        if not reuse:
+            batch = np.stack(letterboxed).transpose(0, 3, 1, 2).astype(np.float32)  # astype: a contiguous copy
+            batch *= np.float32(1.0 / 255.0)
+            return batch
+        s, n = self.input_size, len(letterboxed)
+        if self._input is None or len(self._input) < n:
+            self._input = None  # the old buffer goes before the new one is touched
+            self._input = np.empty((n, 3, s, s), np.float32)
+        batch = self._input[:n]
+        for row, image in enumerate(letterboxed):
+            if getattr(image, "shape", None) != (s, s, 3):
+                raise ValueError(f"letterboxed image {row} must be [{s}, {s}, 3], got {getattr(image, 'shape', None)}")
+            np.copyto(batch[row], image.transpose(2, 0, 1), casting="unsafe")
         batch *= np.float32(1.0 / 255.0)
         return batch
 

@@ -9,7 +9,10 @@ letterboxing, batching, answering. Contenders, all up at once and measured inter
 * ``triton``: Triton's C++ front end with a PyTriton Python callable doing the same work (decode, the same
   letterbox, the same stub sleep; :mod:`tests.bench.pytriton_baseline`), in the interpreter named by
   ``YOLO_BENCH_PYTRITON_PYTHON`` (PyTriton's wheel pins its own dependencies: a venv of its own). When it
-  cannot start, the JSON says why and the other contenders still run.
+  cannot start, the JSON says why and the other contenders still run;
+* ``before_workers1`` / ``before_workers2`` (only with ``YOLO_BENCH_BEFORE``, a checkout of an earlier
+  commit, e.g. ``git archive <commit> | tar -x -C DIR``): that code's predictor, in the same rounds, so a
+  change is measured against what it changes under the same load.
 
 Cells: image (``small``: bus.jpg re-encoded to ~21 KB; ``bus``: bus.jpg, 1080 x 810) x protocol (REST v2
 JSON with base64, REST v2 binary extension, gRPC raw contents) x concurrency. CPU ms per request = the
@@ -230,6 +233,14 @@ def _triton(stub_ms: float):
             process.kill()
 
 
+def _launcher_of(checkout: str) -> list[str]:
+    """``python -m predictor`` importing the predictor of another checkout (the server's working directory
+    is this one, which ``-m`` would put first on ``sys.path``)."""
+    code = (f"import runpy, sys; sys.path[:0] = [{checkout!r}, {checkout + '/operator'!r}]; "
+            "runpy.run_module('predictor', run_name='__main__', alter_sys=True)")
+    return [sys.executable, "-c", code]
+
+
 def _measure(server: dict, protocol: str, jpeg: bytes, concurrency: int, seconds: float) -> dict:
     shape = [1] if server.get("ours") else [1, 1]
     bodies = rest_bodies(jpeg, shape)
@@ -284,6 +295,13 @@ def run(out_dir: Path, quick: bool) -> dict[str, Any]:
                                                            extra_args=[*args, "--workers", workers]))
             servers[f"workers{workers}"] = {"http_url": running.http_url, "grpc_target": running.grpc_target,
                                             "pid": running.pid, "ours": True}
+        before = os.environ.get("YOLO_BENCH_BEFORE", "")
+        for workers in worker_counts if before else ():
+            running = stack.enter_context(predictor_server(weights, device=device, env=env,
+                                                           extra_args=[*args, "--workers", workers],
+                                                           launcher=_launcher_of(before)))
+            servers[f"before_workers{workers}"] = {"http_url": running.http_url, "grpc_target": running.grpc_target,
+                                                   "pid": running.pid, "ours": True}
         triton = stack.enter_context(_triton(stub_ms)) if stub_ms > 0 else {"error": "real forward: no baseline"}
         if "error" in triton:
             result["triton_error"] = triton["error"]
@@ -301,9 +319,12 @@ def run(out_dir: Path, quick: bool) -> dict[str, Any]:
                                             "load_average_1m": round(load, 2)}
                     for name, runs in samples.items():
                         cell[name] = {key: statistics.median(run[key] or 0 for run in runs) for key in runs[0]}
-                    ours = [name for name in servers if name.startswith("workers")]
-                    first, last = cell[ours[0]], cell[ours[-1]]
-                    cell[f"rps_ratio_{ours[-1]}_over_{ours[0]}"] = round(last["rps"] / max(first["rps"], 1e-9), 3)
+                    for prefix in ("", "before_"):
+                        ours = [name for name in servers if name.startswith(f"{prefix}workers")]
+                        if ours:
+                            first, last = cell[ours[0]], cell[ours[-1]]
+                            cell[f"rps_ratio_{ours[-1]}_over_{ours[0]}"] = round(last["rps"] / max(first["rps"], 1e-9), 3)
+                    ours = [name for name in servers if "workers" in name]
                     if "triton" in cell:
                         for name in ours:
                             cell[f"cpu_ratio_{name}_over_triton"] = round(

@@ -397,3 +397,42 @@ def test_batches_without_their_own_graph_are_padded_into_a_larger_one(yolo_fixtu
     torch.testing.assert_close(three, full[:3])
     assert det.forward(torch.rand(5, 3, 320, 320, device="cuda")).shape[0] == 5  # larger than all: no graph
     assert sorted(shape[0] for shape in det._graphs) == [1, 4] and not det._graph_failed
+
+
+def test_stack_reuse_gives_the_same_input_in_a_buffer_kept_between_batches(fake: Detector):
+    """The pipeline's CPU path stacks into the detector's own buffer (no fresh batch per call): the same
+    values bit for bit and the same channels-last layout as a fresh stack, at growing and shrinking batch
+    sizes; the buffer is reused, while a plain stack still returns memory of its own."""
+    letterboxed = [fake.letterbox(_image(60 + 40 * i, 300 - 30 * i, i))[0] for i in range(5)]
+    first = None
+    for n in (2, 5, 3, 1, 5):
+        fresh, reused = fake.stack(letterboxed[:n]), fake.stack(letterboxed[:n], reuse=True)
+        assert torch.equal(reused, fresh) and reused.stride() == fresh.stride() and reused.dtype == fresh.dtype
+        first = reused.data_ptr() if n == 5 and first is None else first
+    assert reused.data_ptr() == first  # the largest batch's buffer, kept
+    kept = fake.stack(letterboxed[:2])
+    fake.stack(letterboxed[2:4], reuse=True)
+    assert torch.equal(kept, fake.stack(letterboxed[:2]))  # a plain stack is never overwritten
+
+
+def test_stack_reuse_refuses_an_image_of_the_wrong_shape(fake: Detector):
+    good = fake.letterbox(_image(50, 60, 0))[0]
+    for bad in (good[:, :, :2], good[:1], good[0]):  # each would broadcast into a row
+        with pytest.raises(ValueError, match=r"letterboxed image 1 must be \[320, 320, 3\]"):
+            fake.stack([good, bad], reuse=True)
+
+
+def test_exported_detector_stack_reuse_gives_the_same_input(fake: Detector):
+    """The torch-free detector's stack, likewise: into its own buffer, the same float32 NCHW values."""
+    from types import SimpleNamespace
+
+    from predictor.runtimes.detector import ExportedDetector
+
+    exported = ExportedDetector(SimpleNamespace(name="onnxruntime", precision="fp32"), names=["a"], input_size=320)
+    letterboxed = [fake.letterbox(_image(70 * (i + 1), 200, i))[0] for i in range(4)]
+    for n in (3, 4, 2):
+        fresh, reused = exported.stack(letterboxed[:n]), exported.stack(letterboxed[:n], reuse=True)
+        assert np.array_equal(reused, fresh) and reused.flags.c_contiguous and reused.dtype == np.float32
+    assert reused.base is exported.stack(letterboxed[:1], reuse=True).base  # one buffer
+    with pytest.raises(ValueError, match=r"letterboxed image 0 must be \[320, 320, 3\]"):
+        exported.stack([letterboxed[0][:1]], reuse=True)
