@@ -10,8 +10,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
+import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import kopf
 
@@ -40,6 +43,50 @@ def parse_args(argv: Sequence[str] | None, config: OperatorConfig) -> tuple[argp
     return args, config
 
 
+STUCK_STOP_SECONDS = 30.0  # after a root task of kopf failed, kopf.run returns within seconds unless it hangs
+
+
+class StuckStopWatch(logging.Handler):
+    """Restarts the operator's process when kopf hangs on its way out after a failure.
+
+    When one of kopf's root tasks fails (kopf logs "<task> has failed", e.g. a watch answered 404 while a
+    restarted API server was still publishing the CRDs), ``kopf.run`` normally returns within seconds and
+    :func:`main` starts it again. Seen in CI: a watcher then waiting for re-authentication kept kopf from ever
+    returning, its liveness endpoint gone. If ``kopf.run`` has not returned ``seconds`` after such a failure,
+    ``restart`` runs (default: re-execute this process with its own command line, same PID: state lives in the
+    cluster). ``disarm()`` when ``kopf.run`` returned. Attached to the ``kopf`` logger by :func:`main`.
+    """
+
+    def __init__(self, seconds: float = STUCK_STOP_SECONDS, restart: Callable[[], None] | None = None) -> None:
+        super().__init__(logging.ERROR)
+        self.seconds = seconds
+        self.restart = restart or _reexec
+        self._timer: threading.Timer | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if (self._timer is None and record.name.startswith("kopf._core.reactor")
+                and "has failed" in record.getMessage()):
+            self._timer = threading.Timer(self.seconds, self._fire)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _fire(self) -> None:
+        logging.getLogger("yolo_operator").error(
+            "kopf has not stopped %.0f s after a failure: restarting the operator process", self.seconds)
+        self.restart()
+
+
+def _reexec() -> None:
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    os.execv(sys.executable, sys.orig_argv)  # sockets are not inherited: the liveness port is free again
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args, config = parse_args(argv, OperatorConfig.from_env())
     kopf.configure(verbose=args.verbose, debug=args.debug)
@@ -48,8 +95,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     registry = handlers.register(kopf.OperatorRegistry(), config)
     logger = logging.getLogger("yolo_operator")
     failures = 0
+    watch = StuckStopWatch()
+    logging.getLogger("kopf").addHandler(watch)
     while True:
         started = time.monotonic()
+        watch.disarm()
         try:
             kopf.run(
                 registry=registry,
@@ -60,8 +110,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 namespaces=config.namespaces,
                 liveness_endpoint=config.liveness or None,
             )
+            watch.disarm()
             return 0  # stopped by a signal
         except Exception as error:  # noqa: BLE001 - e.g. a watch answered 404 while the API server was restarting
+            watch.disarm()
             # kopf stops entirely when one watch fails for good. Start it again in-process (state lives in
             # the cluster, so nothing is lost) with a growing pause, instead of exiting into a restart loop.
             failures = 1 if time.monotonic() - started > 300 else failures + 1

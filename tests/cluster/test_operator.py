@@ -305,9 +305,10 @@ def operator_short_resync(kube, namespace, tmp_path):
     op.stop()
     log = op.log_text()
     # kopf gives up on a watch that gets a 404 while the restarted API server is still publishing the
-    # custom resources (a traceback in the log); the operator must then have started kopf again itself.
+    # custom resources (a traceback in the log); the operator must then have started kopf again itself, or,
+    # where kopf hung on its way out (seen in CI), restarted its own process.
     if "Traceback" in log:
-        assert "starting it again in" in log, op.log_tail(120)
+        assert ("starting it again in" in log or "restarting the operator process" in log), op.log_tail(120)
         assert "404" in log, op.log_tail(120)
 
 

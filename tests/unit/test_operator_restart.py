@@ -1,0 +1,41 @@
+"""The operator starts kopf again when a root task fails, and restarts its process when kopf hangs on its way
+out after such a failure (``yolo_operator.__main__.StuckStopWatch``)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from yolo_operator.__main__ import StuckStopWatch
+
+
+def _fail(name: str = "kopf._core.reactor.running", message: str = "Multidimensional multitasker has failed: 404"):
+    logging.getLogger(name).error(message)
+
+
+def test_a_failed_root_task_that_does_not_stop_restarts_the_process():
+    fired = threading.Event()
+    watch = StuckStopWatch(seconds=0.05, restart=fired.set)
+    logging.getLogger("kopf").addHandler(watch)
+    try:
+        _fail()  # kopf's own logger name, propagated to the "kopf" logger
+        assert fired.wait(5), "the restart did not run"
+    finally:
+        logging.getLogger("kopf").removeHandler(watch)
+        watch.disarm()
+
+
+def test_kopf_returning_in_time_disarms_it_and_other_errors_do_not_arm_it():
+    fired = threading.Event()
+    watch = StuckStopWatch(seconds=0.2, restart=fired.set)
+    logging.getLogger("kopf").addHandler(watch)
+    try:
+        _fail("kopf.objects", "Handler 'create' has failed temporarily")  # a handler's error: not a root task
+        _fail("kopf._core.reactor.orchestration", "something else went wrong")
+        assert not fired.wait(0.4)
+        _fail("kopf._core.reactor.orchestration", "Watcher for yolodetectors has failed: 404 page not found")
+        watch.disarm()  # main(): kopf.run returned
+        assert not fired.wait(0.4)
+    finally:
+        logging.getLogger("kopf").removeHandler(watch)
+        watch.disarm()
