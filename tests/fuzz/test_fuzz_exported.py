@@ -21,44 +21,23 @@ from hypothesis import HealthCheck, given, settings
 
 from tests.fuzz.conftest import FUZZ_EXAMPLES
 from tests.fuzz.test_fuzz_checkpoints import _mutate, _mutation
-from tests.tools.hostile_checkpoints import CHILD_HEADROOM, REPO_ROOT
+from tests.tools.hostile_checkpoints import REPO_ROOT, bounded_loads
 
 INPUT_SIZE = 320
 STRUCTURE_BYTES = 64 << 10  # the graph's nodes come first in the file, its weights after
 PEAK_GROWTH_LIMIT_MB = 400  # a loaded session of yolov7-tiny at 320 and one forward
 
-_CHILD = """
-import json, resource, sys
+_SETUP = """
 import numpy as np
 from predictor.runtimes.detector import ExportedDetector
 from predictor.settings import DetectParams
 engine = sys.argv[1]
 __import__(engine)  # the runtime's libraries, before the limit
-mapped = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
-resource.setrlimit(resource.RLIMIT_AS, (mapped + {headroom}, mapped + {headroom}))
 image = (np.arange(240 * 320 * 3) % 251).astype(np.uint8).reshape(240, 320, 3)
-
-def status(field):
-    for line in open("/proc/self/status"):
-        if line.startswith(field):
-            return int(line.split()[1]) // 1024
-
-for path in sys.argv[2:]:
-    with open("/proc/self/clear_refs", "w") as f:  # reset the peak (VmHWM) to the current RSS
-        f.write("5")
-    before = status("VmRSS:")
-    try:
-        detector = ExportedDetector.load(path, engine=engine, threads=1)
-        [found] = detector.detect([image], DetectParams(confidence=0.001))
-        outcome = "loaded"
-        del detector
-    except ValueError as error:
-        outcome = "ValueError: " + str(error)
-    except BaseException as error:  # anything else is a failure of the load
-        outcome = "ESCAPED " + type(error).__name__ + ": " + str(error)[:300]
-    growth = status("VmHWM:") - before
-    print(json.dumps({{"path": path, "outcome": outcome, "peak_growth_mb": growth}}), flush=True)
 """
+_LOAD = """        detector = ExportedDetector.load(path, engine=engine, threads=1)
+        [found] = detector.detect([image], DetectParams(confidence=0.001))
+        del detector"""
 
 ENGINES = [name for name in ("onnxruntime", "openvino") if importlib.util.find_spec(name)]
 
@@ -120,15 +99,6 @@ def _crafted(folder: Path, model: bytes, meta: dict) -> list[Path]:
     return [_write(inner, name, data, meta_bytes) for name, (data, meta_bytes) in cases.items()]
 
 
-def _load_in_subprocess(engine: str, paths: list[Path]) -> tuple[int, list[dict], str]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
-    result = subprocess.run([sys.executable, "-c", _CHILD.format(headroom=CHILD_HEADROOM), engine, *map(str, paths)],
-                            capture_output=True, text=True, errors="replace", cwd=REPO_ROOT, env=env,
-                            timeout=900)
-    reports = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
-    return result.returncode, reports, result.stderr[-2000:]
-
-
 @pytest.mark.skipif(not ENGINES, reason="needs onnxruntime or openvino")
 @pytest.mark.parametrize("engine", ENGINES)
 def test_hostile_exported_models(engine, exported, tmp_path):
@@ -147,7 +117,8 @@ def test_hostile_exported_models(engine, exported, tmp_path):
     good_meta = json.dumps(meta).encode()
     paths += [_write(tmp_path, f"mutated {i}", _mutate(model, m), good_meta) for i, m in enumerate(mutations)]
 
-    status, reports, stderr = _load_in_subprocess(engine, paths)
+    status, reports, stderr = bounded_loads(paths, setup=_SETUP, load=_LOAD, expected="ValueError",
+                                            args=(engine,), timeout=900)
     done = {report["path"] for report in reports}
     assert status == 0, (f"the {engine} child died (status {status}) on "
                          f"{[str(p) for p in paths if str(p) not in done][:1]}\n{stderr}")

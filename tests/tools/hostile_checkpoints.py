@@ -99,8 +99,7 @@ def shadowed_get_pickle() -> bytes:
 
 _CHILD = """
 import json, resource, sys
-from predictor.yolov7 import CheckpointError, load_checkpoint
-import predictor.yolov7.checkpoint  # torch and the loader, before the limit
+{setup}
 mapped = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
 resource.setrlimit(resource.RLIMIT_AS, (mapped + {headroom}, mapped + {headroom}))
 
@@ -109,15 +108,15 @@ def status(field):
         if line.startswith(field):
             return int(line.split()[1]) // 1024
 
-for path in sys.argv[1:]:
+for path in sys.argv[{first}:]:
     with open("/proc/self/clear_refs", "w") as f:  # reset the peak (VmHWM) to the current RSS
         f.write("5")
     before = status("VmRSS:")
     try:
-        load_checkpoint(path)
+{load}
         outcome = "loaded"
-    except CheckpointError as error:
-        outcome = "CheckpointError: " + str(error)
+    except {expected} as error:
+        outcome = "{expected}: " + str(error)
     except BaseException as error:  # anything else is a failure of the loader
         outcome = "ESCAPED " + type(error).__name__ + ": " + str(error)[:300]
     growth = status("VmHWM:") - before
@@ -125,14 +124,26 @@ for path in sys.argv[1:]:
 """
 
 
-def load_in_subprocess(paths: list[Path], timeout: float = 600) -> tuple[int, list[dict]]:
-    """``load_checkpoint`` each path in one child limited to :data:`CHILD_HEADROOM` more address space than
-    its imports took; returns the child's
-    exit status (negative = killed by a signal, e.g. -11 for a segfault) and one report per path loaded."""
+def bounded_loads(paths: list[Path], *, setup: str, load: str, expected: str, args: tuple[str, ...] = (),
+                  timeout: float = 600) -> tuple[int, list[dict], str]:
+    """Run ``load`` (statements indented 8 spaces, ``path`` bound) on each path in one child whose address space
+    may grow :data:`CHILD_HEADROOM` beyond what ``setup`` (imports, run first) mapped. ``expected``: the
+    exception type a refusal raises. ``args`` come before the paths in ``sys.argv``. Returns the child's exit
+    status (negative = killed by a signal, e.g. -11 for a segfault), one report per path loaded
+    (``outcome``: ``loaded``, ``<expected>: message`` or ``ESCAPED <type>: message``; ``peak_growth_mb``) and
+    the end of its stderr."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
-    result = subprocess.run(
-        [sys.executable, "-c", _CHILD.format(headroom=CHILD_HEADROOM), *map(str, paths)],
-        capture_output=True, text=True, cwd=REPO_ROOT, env=env, timeout=timeout,
-    )
+    program = _CHILD.format(setup=setup, load=load, expected=expected, first=1 + len(args), headroom=CHILD_HEADROOM)
+    result = subprocess.run([sys.executable, "-c", program, *args, *map(str, paths)], capture_output=True,
+                            text=True, errors="replace", cwd=REPO_ROOT, env=env, timeout=timeout)
     reports = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
-    return result.returncode, reports
+    return result.returncode, reports, result.stderr[-2000:]
+
+
+def load_in_subprocess(paths: list[Path], timeout: float = 600) -> tuple[int, list[dict]]:
+    """``load_checkpoint`` each path in a bounded child (:func:`bounded_loads`); the exit status and reports."""
+    status, reports, _ = bounded_loads(
+        paths, timeout=timeout, expected="CheckpointError", load="        load_checkpoint(path)",
+        setup="from predictor.yolov7 import CheckpointError, load_checkpoint\n"
+              "import predictor.yolov7.checkpoint  # torch and the loader, before the limit")
+    return status, reports
