@@ -93,10 +93,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
     logging.getLogger("urllib3").setLevel(logging.WARNING)
     registry = handlers.register(kopf.OperatorRegistry(), config)
-    logger = logging.getLogger("yolo_operator")
-    failures = 0
     watch = StuckStopWatch()
     logging.getLogger("kopf").addHandler(watch)
+    try:
+        return _run_until_stopped(args, config, registry, watch)
+    finally:  # main() may run in-process (tests): leave no armed handler on the kopf logger behind
+        watch.disarm()
+        logging.getLogger("kopf").removeHandler(watch)
+
+
+def _run_until_stopped(args: argparse.Namespace, config: OperatorConfig, registry: kopf.OperatorRegistry,
+                       watch: StuckStopWatch) -> int:
+    logger = logging.getLogger("yolo_operator")
+    failures = 0
     while True:
         started = time.monotonic()
         watch.disarm()
@@ -110,7 +119,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 namespaces=config.namespaces,
                 liveness_endpoint=config.liveness or None,
             )
-            watch.disarm()
             return 0  # stopped by a signal
         except Exception as error:  # noqa: BLE001 - e.g. a watch answered 404 while the API server was restarting
             watch.disarm()

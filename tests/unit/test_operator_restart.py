@@ -41,6 +41,19 @@ def test_kopf_returning_in_time_disarms_it_and_other_errors_do_not_arm_it():
         watch.disarm()
 
 
+def test_main_leaves_no_watch_behind(monkeypatch):
+    """``main()`` run in-process (as here) must not leave its watch on the kopf logger: armed later by another
+    test's log line, it would re-execute the test runner itself."""
+    from yolo_operator import __main__ as entry
+
+    monkeypatch.setattr(entry.kopf, "run", lambda **kwargs: None)
+    before = list(logging.getLogger("kopf").handlers)
+    assert entry.main(["-n", "ns", "--liveness="]) == 0
+    assert not [h for h in logging.getLogger("kopf").handlers if isinstance(h, StuckStopWatch)], \
+        logging.getLogger("kopf").handlers
+    assert [h for h in logging.getLogger("kopf").handlers if h not in before] == []
+
+
 _HUNG_OPERATOR = """
 import logging, os, sys, time
 from pathlib import Path
