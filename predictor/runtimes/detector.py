@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,6 +64,7 @@ class ExportedDetector:
                  strides: Sequence[int] = (8, 16, 32), input_size: int = 640):
         self.runtime = runtime
         self._input: np.ndarray | None = None  # stack(reuse=True)'s buffer
+        self._warm: set[int] = set()  # batch sizes already run (load's check runs batch 1)
         self.engine = runtime.name
         self.precision = runtime.precision
         self.names = [str(n) for n in names]
@@ -77,18 +78,20 @@ class ExportedDetector:
 
     @classmethod
     def load(cls, onnx_path: str | Path, *, engine: str = "onnxruntime", precision: str = "fp32",
-             threads: int | None = None, runtime: Any = None) -> ExportedDetector:
-        """An exported model and its metadata JSON (``<file>.onnx.json``) on ``engine`` (or on ``runtime``,
-        already loaded). Both are checked: a wrong or hostile file ends in one ``ValueError`` naming it."""
+             threads: int | None = None, build: Callable[[], Any] | None = None) -> ExportedDetector:
+        """An exported model and its metadata JSON (``<file>.onnx.json``) on ``engine`` (or on the runtime that
+        ``build()`` returns). Both are checked: a wrong or hostile file ends in one ``ValueError`` naming it; the
+        check's forward at batch 1 counts as that batch size's warm-up."""
         from predictor.runtimes.exported_file import open_checked, read_metadata
         from predictor.runtimes.select import build_runtime
 
         meta = read_metadata(onnx_path)
-        if runtime is None:
-            runtime = open_checked(onnx_path, meta, lambda: build_runtime(engine, onnx_path, precision=precision,
-                                                                          threads=threads))
-        return cls(runtime, names=meta["names"], variant=meta["variant"], strides=meta["strides"],
-                   input_size=meta["input_size"])
+        runtime = open_checked(onnx_path, meta, build or (
+            lambda: build_runtime(engine, onnx_path, precision=precision, threads=threads)))
+        detector = cls(runtime, names=meta["names"], variant=meta["variant"], strides=meta["strides"],
+                       input_size=meta["input_size"])
+        detector._warm.add(1)
+        return detector
 
     def __repr__(self) -> str:
         return (f"ExportedDetector(variant={self.variant!r}, num_classes={self.num_classes}, "
@@ -150,6 +153,9 @@ class ExportedDetector:
 
     def warmup(self, batch_sizes: Sequence[int] = (1,)) -> None:
         for n in batch_sizes:
+            if int(n) in self._warm:
+                continue
+            self._warm.add(int(n))
             self.forward(np.zeros((int(n), 3, self.input_size, self.input_size), dtype=np.float32))
 
 
@@ -202,12 +208,10 @@ def torch_free_detector(settings: Any, weights: Path) -> ExportedDetector | None
             ".onnx.json in the model storage (or mount the checkpoint with its folder of exports); see docs/cpu.md")
     precision = "fp32" if settings.precision in ("auto", "fp32") else settings.precision
     if engine == "auto":  # the fastest installed engine here, timed (predictor.runtimes.select.choose_exported)
-        from predictor.runtimes.exported_file import open_checked, read_metadata
         from predictor.runtimes.select import choose_exported
 
-        runtime = open_checked(onnx_path, read_metadata(onnx_path),
-                               lambda: choose_exported(onnx_path, installed, precision=precision))
-        detector = ExportedDetector.load(onnx_path, runtime=runtime)
+        detector = ExportedDetector.load(
+            onnx_path, build=lambda: choose_exported(onnx_path, installed, precision=precision))
         engine = detector.engine
     else:
         detector = ExportedDetector.load(onnx_path, engine=engine, precision=precision)

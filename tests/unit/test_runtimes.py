@@ -228,3 +228,19 @@ def test_predictor_entry_makes_openmp_passive_unless_told_otherwise(monkeypatch)
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # an operator's explicit choice wins
     entry.passive_openmp()
     assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+def test_the_load_check_counts_as_the_batch_1_warm_up(tiny: dict):
+    """ExportedDetector.load runs one forward at batch 1 to check the model's shapes; the warm-up then runs only
+    the batch sizes not yet run (yolov7 on 2 cores: one ~0.45 s forward less at start-up)."""
+    from predictor.runtimes import export as exp
+    from predictor.runtimes.detector import ExportedDetector
+
+    exp.write_metadata(tiny["onnx"], tiny["detector"])
+    detector = ExportedDetector.load(tiny["onnx"], engine="onnxruntime", threads=1)
+    runs: list[int] = []
+    run = detector.runtime.run
+    detector.runtime.run = lambda x: runs.append(x.shape[0]) or run(x)
+    detector.warmup((1, 2))
+    detector.warmup((1, 2))
+    assert runs == [2]
