@@ -197,10 +197,12 @@ def plan_batching(detector: Any, settings: Any, *, cache_folders: list[Path] | N
     if cached is not None:
         try:
             per_image = {int(k): float(v) for k, v in cached["per_image_ms"].items()}
+            if 1 not in per_image or not all(math.isfinite(v) and v > 0 for v in per_image.values()):
+                raise ValueError("not measured figures")
             return decide(per_image, max_batch_size=size, max_batch_delay_ms=delay, source="cached",
                           rounds=int(cached["rounds"]))
-        except (KeyError, TypeError, ValueError):
-            pass
+        except (KeyError, TypeError, ValueError, AttributeError, ArithmeticError):
+            pass  # a broken or foreign cache file: measure again
     per_image, rounds = measure_per_image(detector.forward, _blank_inputs(detector))
     if not rounds:  # a forward too slow to probe within the budget: one image at a time
         return BatchPlan(1, 0.0, f"too slow to probe in {MEASURE_BUDGET_S:g} s", per_image)

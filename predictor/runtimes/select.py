@@ -15,6 +15,7 @@ import logging
 import platform
 import statistics
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -138,11 +139,14 @@ def _time_interleaved(contenders: dict[str, Any], rounds: int = AUTO_ROUNDS) -> 
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def _cached_choice(decision: Path, choose: Any) -> str:
-    """The engine named in ``decision`` (JSON), else ``choose()`` → (engine, report), logged and written there."""
+def _cached_choice(decision: Path, choose: Any, allowed: Collection[str]) -> str:
+    """The engine named in ``decision`` (JSON) when it is one of ``allowed``, else ``choose()`` → (engine,
+    report), logged and written there (a stale, foreign or broken file is chosen again, never served)."""
     try:
-        return json.loads(decision.read_text())["engine"]
-    except (OSError, ValueError, KeyError):
+        engine = json.loads(decision.read_text())["engine"]
+        if isinstance(engine, str) and engine in allowed:
+            return engine
+    except (OSError, ValueError, KeyError, TypeError):
         pass
     engine, report = choose()
     log.info("engine auto chose %s: %s", engine, json.dumps(report))
@@ -187,7 +191,8 @@ def choose_exported(onnx_path: str | Path, installed: list[str], *, precision: s
     from predictor.runtimes.export import _writable, cache_dirs
 
     folder = next((d for d in [onnx_path.parent, *cache_dirs(onnx_path)[1:]] if _writable(d)), onnx_path.parent)
-    engine = _cached_choice(folder / f"auto-{onnx_path.stem}-{_machine_key(precision, threads)}.json", choose)
+    engine = _cached_choice(folder / f"auto-{onnx_path.stem}-{_machine_key(precision, threads)}.json", choose,
+                            installed)
     if engine in runtimes:
         return runtimes[engine]
     return build_runtime(engine, onnx_path, precision=precision, threads=threads)
@@ -231,7 +236,8 @@ def attach(detector: Any, *, engine: str, weights: str | Path, precision: str = 
         return "torch"
     if engine == "auto":
         decision = onnx_path.parent / f"auto-{onnx_path.stem}-{_machine_key(precision, threads)}.json"
-        engine = _cached_choice(decision, lambda: _choose(detector, onnx_path, precision, threads))
+        engine = _cached_choice(decision, lambda: _choose(detector, onnx_path, precision, threads),
+                                ("torch", *CPU_ENGINES))
         if engine == "torch":
             return "torch"
     detector.runtime = build_runtime(engine, onnx_path, precision=precision, threads=threads)

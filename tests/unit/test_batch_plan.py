@@ -155,3 +155,16 @@ def test_the_decision_is_cached_and_a_restart_does_not_measure(clock, tmp_path):
     again = plan_batching(engine, PredictorSettings(), cache_folders=[readonly, writable])
     assert engine.calls == [] and again.source == "cached"
     assert (again.max_batch_size, again.per_image_ms) == (first.max_batch_size, first.per_image_ms)
+
+
+@pytest.mark.parametrize("content", ['[1, 2]', '{"per_image_ms": [1, 4], "rounds": 3}',
+                                    '{"per_image_ms": {"1": 0, "4": 0}, "rounds": 3}', '{"rounds": 3}', "{"])
+def test_a_broken_cache_file_is_measured_again(clock, tmp_path, content):
+    """The cache folder may hold anything (a model volume, an older version): a file that does not read as the
+    figures is ignored and the engine measured, never a failed start."""
+    plan_batching(FakeEngine(SUBLINEAR, clock), PredictorSettings(), cache_folders=[tmp_path])
+    [cached] = tmp_path.glob("batching-*.json")
+    cached.write_text(content)
+    engine = FakeEngine(SUBLINEAR, clock)
+    plan = plan_batching(engine, PredictorSettings(), cache_folders=[tmp_path])
+    assert engine.calls and plan.source == "measured"

@@ -16,6 +16,7 @@ official detections (tests/unit/test_nms_parity.py's matching). Tolerances per p
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from pathlib import Path
 
@@ -244,3 +245,14 @@ def test_the_load_check_counts_as_the_batch_1_warm_up(tiny: dict):
     detector.warmup((1, 2))
     detector.warmup((1, 2))
     assert runs == [2]
+
+
+@pytest.mark.parametrize("content", ['["onnxruntime"]', '{"engine": "tensorrt"}', '{"engine": 7}', "{"])
+def test_a_broken_engine_choice_file_is_chosen_again(tmp_path: Path, content: str):
+    """The cached ``auto`` choice sits beside the model (a volume anything may have written): a file that does
+    not name one of the candidate engines is chosen again, not served and not a failed start."""
+    decision = tmp_path / "auto-model-key.json"
+    decision.write_text(content)
+    chosen = select._cached_choice(decision, lambda: ("onnxruntime", {"median_ms": {}}), ("onnxruntime", "openvino"))
+    assert chosen == "onnxruntime"
+    assert json.loads(decision.read_text())["engine"] == "onnxruntime"
