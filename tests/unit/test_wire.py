@@ -157,7 +157,8 @@ def test_the_strict_base64_fast_path_decodes_as_the_lenient_path():
     so every text decodes to what the lenient path alone gives, or is refused with the same message."""
     data = bytes(range(256)) * 3
     texts = [base64.b64encode(data).decode(), base64.b64encode(data[:-1]).decode(), "", "ab==cd==", "YQ===",
-             base64.urlsafe_b64encode(data).decode(), " " + base64.b64encode(data).decode(), "é" + "A" * 7, "*abc"]
+             base64.urlsafe_b64encode(data).decode(), " " + base64.b64encode(data).decode(), "é" + "A" * 7,
+             "QUJD====", "QR==", "QQ==QQ==", "=QUJD", "*abc"]
 
     def decode(function, text):
         try:
