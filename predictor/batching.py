@@ -16,6 +16,9 @@ large under load. (Forming ``k + 1`` already when ``k`` entered its forward was 
 H200: the batches then formed as fast as loading went, stayed small, and queued in front of the slowest
 stage instead — 434 against 469 images/s at concurrency 64.)
 
+:meth:`DynamicBatcher.run_alone` is the idle shortcut for batches of one item: prepare the item and run
+it in the worker thread in one call, when nothing is queued or running.
+
 The batcher knows nothing about images or models: ``stage(value) -> value`` does the work; the first
 stage gets ``list[T]``, the last returns one result per item.
 
@@ -140,6 +143,7 @@ class DynamicBatcher(Generic[T, R]):
         self._executors: list[ThreadPoolExecutor] = []
         self._batches_running: set[asyncio.Task] = set()
         self._next_batch_allowed: asyncio.Event | None = None
+        self._alone = False  # a request is being run alone (run_alone)
         self.batches = 0  # batches run so far
         self.items = 0  # items processed so far
         self.largest_batch = 0
@@ -161,6 +165,37 @@ class DynamicBatcher(Generic[T, R]):
             for future in futures:  # a cancelled or failed request withdraws its other items
                 future.cancel()
             raise
+
+    async def run_alone(self, prepare: Callable[[], T]) -> tuple[T, R | Exception] | None:
+        """``prepare()`` (e.g. decode one image) and then the batch of its one item, back to back in the
+        worker thread, when the batcher forms batches of one item in one stage and is idle (nothing
+        queued, running or being run alone): the request skips two round trips through the event loop
+        (worker → loop → collector → worker). None, and nothing run, otherwise: the caller prepares and
+        submits as usual. Requests that come meanwhile queue behind it in the worker thread, as behind a
+        batch.
+
+        Returns the prepared item and its result; an exception raised by the stage is returned as the
+        result (the item fails, as in a batch), one raised by ``prepare`` propagates.
+        """
+        if len(self._stages) != 1 or self.max_batch_size != 1 or self._alone or self._pending:
+            return None
+        self._ensure_started()
+        if self._batches_running:
+            return None
+        assert self._loop is not None
+        self._alone = True
+        try:
+            return await self._loop.run_in_executor(self._executors[0], self._prepare_and_run, prepare)
+        finally:
+            self._alone = False
+
+    def _prepare_and_run(self, prepare: Callable[[], T]) -> tuple[T, R | Exception]:
+        item = prepare()
+        try:
+            (result,) = self._first_stage(self._stages[0], [item], 1, 0.0)
+        except Exception as error:  # noqa: BLE001 - the item's failure, as a batch's would be
+            return item, error
+        return item, result
 
     @property
     def queued(self) -> int:

@@ -27,6 +27,7 @@ from typing import Any
 
 import kserve
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+from kserve.utils.numpy_codec import from_np_dtype
 
 from predictor import images, wire
 from predictor.errors import Overloaded, RequestError, ServiceError, log_rejection, request_id
@@ -41,6 +42,33 @@ WEIGHT_SUFFIXES = (".pt", ".pth", ".safetensors")
 # Test and benchmark hook (not a flag): the forward sleeps this many ms and finds nothing, so that a benchmark
 # measures the front end alone (its CPU cost per request) with a device-like, CPU-free forward.
 STUB_FORWARD_ENV = "YOLO_TEST_STUB_FORWARD_MS"
+
+
+class _Output(InferOutput):
+    """KServe's ``InferOutput``, whose JSON data is made in one pass (``ndarray.tolist``) instead of one
+    ``.item()`` per element (KServe's way: ~0.3 ms for 139 detections): the same Python values. Every
+    other case (binary data, a shape or datatype that does not match) is KServe's own."""
+
+    def set_data_from_numpy(self, output_tensor: Any, binary_data: bool = True) -> None:
+        kind = getattr(getattr(output_tensor, "dtype", None), "kind", None)
+        if (binary_data or kind not in ("b", "i", "u", "f", "O") or list(output_tensor.shape) != list(self.shape)
+                or (kind == "O") != (self.datatype == "BYTES")):
+            super().set_data_from_numpy(output_tensor, binary_data)
+            return
+        if kind != "O" and from_np_dtype(output_tensor.dtype) != self.datatype:
+            super().set_data_from_numpy(output_tensor, binary_data)  # KServe's datatype error
+            return
+        if self._parameters:
+            self._parameters.pop("binary_data_size", None)
+        self._raw_data = None
+        values = output_tensor.ravel().tolist()
+        if kind == "O":
+            try:
+                values = [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values]
+            except UnicodeDecodeError:  # KServe's error for it
+                super().set_data_from_numpy(output_tensor, binary_data)
+                return
+        self._data = values
 
 
 def stub_forward(detector: Any, milliseconds: float) -> None:
@@ -321,7 +349,7 @@ class YoloV7Model(kserve.Model):
             if name not in job.outputs:
                 continue
             array = arrays[name]
-            output = InferOutput(name=name, shape=list(array.shape), datatype=datatype)
+            output = _Output(name=name, shape=list(array.shape), datatype=datatype)
             if request.from_grpc:  # typed contents, or raw_output_contents when the inputs came raw
                 output.set_data_from_numpy(array, binary_data=request.use_binary_outputs)
             else:  # REST: KServe's encoder converts numpy data once (JSON lists or binary)

@@ -13,7 +13,11 @@ on every path); each image's :class:`~predictor.ops.LetterboxGeometry` travels w
 letterbox to the box mapping. Images are decoded in one place, :meth:`DetectionPipeline._letterbox_source`
 (nvJPEG's batch decode aside), whichever path they take.
 
-Decoding and letterboxing run in a thread pool (OpenCV releases the GIL), never on the event loop. On
+Decoding and letterboxing run in a thread pool (OpenCV releases the GIL), never on the event loop —
+except at low load on the CPU: when batches are of one image (the CPU's usual plan, see
+:mod:`predictor.batch_plan`) and the model is idle, a one-image request is decoded in the forward thread
+and run there at once (:meth:`~predictor.batching.DynamicBatcher.run_alone`), sparing it two round trips
+through the event loop; requests that come meanwhile take the usual path and queue behind it. On
 CUDA each batch stage runs in a thread and on a CUDA stream of its own, so batch ``k + 1`` is loaded
 and run while batch ``k``'s NMS runs (see :mod:`predictor.batching`); on the CPU, where the forward
 takes every core, the three run in turn in one worker thread. The full-size decoded image is dropped as
@@ -66,6 +70,8 @@ class PreparedImage:
     where: str = "image"
     # seconds spent on this image per stage; "forward"/"postprocess" are its batch's, "batch" its id
     timings: dict[str, float] = field(default_factory=dict)
+    # its Detections (or its own exception) when it was run alone right after decoding (DynamicBatcher.run_alone)
+    result: Any = None
 
     @property
     def size(self) -> tuple[int, int]:
@@ -169,7 +175,19 @@ class DetectionPipeline:
 
     # ----- event loop side --------------------------------------------------------------------------
     async def prepare(self, sources: Sequence[ImageSource], params: DetectParams) -> list[PreparedImage]:
-        """Check, decode and letterbox every image of a request in the thread pool."""
+        """Check, decode and letterbox every image of a request in the thread pool — or, for a one-image
+        request when batches are of one image and the model is idle (the CPU's usual case at low load),
+        decode it and run it at once in the forward thread (:meth:`DynamicBatcher.run_alone`): its
+        result is then ready for :meth:`detect`."""
+        if len(sources) == 1:
+            self._preparing += 1
+            try:
+                alone = await self.batcher.run_alone(lambda: self._prepare_one(sources[0], params, "image 0"))
+            finally:
+                self._preparing -= 1
+            if alone is not None:
+                item, item.result = alone
+                return [item]
         loop = asyncio.get_running_loop()
         tasks = [
             loop.run_in_executor(self._pool, self._prepare_one, source, params, f"image {index}")
@@ -186,7 +204,13 @@ class DetectionPipeline:
         return list(results)  # type: ignore[arg-type]
 
     async def detect(self, prepared: Sequence[PreparedImage]) -> list[Detections]:
-        """Queue the prepared images for batched inference; results in order."""
+        """Queue the prepared images for batched inference; results in order (at once for an image that
+        :meth:`prepare` already ran alone)."""
+        if len(prepared) == 1 and prepared[0].result is not None:
+            result = prepared[0].result
+            if isinstance(result, BaseException):
+                raise result
+            return [result]
         return await self.batcher.submit(prepared)
 
     async def close(self) -> None:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pybase64
 
 from predictor.errors import PayloadTooLarge, RequestError
 from predictor.images import SUPPORTED_FORMATS, check_dimensions
@@ -68,11 +69,13 @@ _NOT_BASE64 = re.compile(r"[^A-Za-z0-9+/=]")
 
 def _b64decode(text: str, where: str) -> bytes:
     """Standard, URL-safe, MIME (whitespace) or unpadded base64, optionally behind a ``data:`` URL prefix:
-    canonical base64 in one strict C pass (0.8 ms for 650 kB; the lenient path's scans: 3.1 ms), the rest
-    by the lenient path, which decodes the variants or names the problem."""
+    canonical base64 in one strict SIMD pass (pybase64: 0.02 ms for 650 kB, against 0.8 ms for binascii's
+    strict mode and 3.1 ms for the lenient path's scans), the rest by the lenient path, which decodes the
+    variants or names the problem. pybase64's check is stricter than binascii's strict mode (it also
+    refuses padding past a whole block), never more lenient: what it refuses takes the lenient path."""
     try:
-        return binascii.a2b_base64(text, strict_mode=True)
-    except (binascii.Error, ValueError):
+        return pybase64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError, TypeError):
         return _b64decode_lenient(text, where)
 
 

@@ -99,18 +99,23 @@ class Kube:
 
     def create_isvc(self, body: Mapping[str, Any]) -> dict[str, Any] | None:
         """Create; None when it already exists (409: someone, e.g. our previous incarnation, was first)."""
+        return self._create(c.ISVC_GROUP, c.ISVC_VERSION, c.ISVC_PLURAL, "InferenceService", body,
+                            missing_api=f"the API {c.ISVC_API_VERSION} is not served; is KServe installed?")
+
+    def _create(self, group: str, version: str, plural: str, kind: str, body: Mapping[str, Any], *,
+                missing_api: str | None = None) -> dict[str, Any] | None:
+        """Create a custom object; None when it already exists (409). ``missing_api``: a 404 (the namespace
+        exists — the detector is in it — so the API is not served) becomes a retried error saying this."""
         namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
-        with _classified(f"create InferenceService {namespace}/{name}"):
+        with _classified(f"create {kind} {namespace}/{name}"):
             try:
                 return self.custom.create_namespaced_custom_object(
-                    c.ISVC_GROUP, c.ISVC_VERSION, namespace, c.ISVC_PLURAL, dict(body), _request_timeout=REQUEST_TIMEOUT)
+                    group, version, namespace, plural, dict(body), _request_timeout=REQUEST_TIMEOUT)
             except ApiException as error:
                 if error.status == 409:
                     return None
-                if error.status == 404:  # the namespace is there (the detector is in it): the API is not
-                    raise kopf.TemporaryError(f"create InferenceService {namespace}/{name}: the API "
-                                              f"{c.ISVC_API_VERSION} is not served; is KServe installed?",
-                                              delay=60) from None
+                if error.status == 404 and missing_api is not None:
+                    raise kopf.TemporaryError(f"create {kind} {namespace}/{name}: {missing_api}", delay=60) from None
                 raise
 
     def patch_isvc(self, namespace: str, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:
@@ -125,15 +130,7 @@ class Kube:
 
     def create_object(self, kind: Any, body: Mapping[str, Any]) -> dict[str, Any] | None:
         """Create; None when it already exists (409: a concurrent reconcile, e.g. on the InferenceService's event)."""
-        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
-        with _classified(f"create {kind.kind} {namespace}/{name}"):
-            try:
-                return self.custom.create_namespaced_custom_object(
-                    kind.group, kind.version, namespace, kind.plural, dict(body), _request_timeout=REQUEST_TIMEOUT)
-            except ApiException as error:
-                if error.status == 409:
-                    return None
-                raise
+        return self._create(kind.group, kind.version, kind.plural, kind.kind, body)
 
     def patch_object(self, kind: Any, namespace: str, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:
         """JSON merge patch (None values delete fields)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -59,7 +60,7 @@ class OpenVinoRuntime(Runtime):
             # 142-236 pinned, yolov7 823 against 1189 ms (docs/cpu.md).
             "ENABLE_CPU_PINNING": False,
         }
-        self.compiled = core.compile_model(core.read_model(str(model_path)), "CPU", config)
+        self.compiled = core.compile_model(_read_model(core, model_path), "CPU", config)
         self._request = self.compiled.create_infer_request()
         self._lock = threading.Lock()
         self.precision = precision
@@ -70,3 +71,16 @@ class OpenVinoRuntime(Runtime):
         with self._lock:
             self._request.infer({0: x})
             return self._request.get_output_tensor(0).data.copy()  # the request reuses its buffer
+
+
+def _read_model(core: Any, model_path: str | Path) -> Any:
+    """The model of an ONNX file through OpenVINO's ONNX front end alone, else ``core.read_model`` (IR).
+    ``read_model`` tries every front end on a file ONNX cannot parse, and TensorFlow's writes its own
+    parse errors to stderr: a broken ``.onnx`` then logs lines that are not ours beside our one-line error."""
+    if str(model_path).endswith(".onnx"):
+        from openvino.frontend import FrontEndManager
+
+        front_end = FrontEndManager().load_by_framework("onnx")
+        return front_end.convert(front_end.load(str(model_path)))
+    return core.read_model(str(model_path))
+

@@ -7,10 +7,14 @@
    rule's decision (figures) as the ``after`` server reported it.
 2. ``overhead`` (yolov7-tiny and yolov7, 640, bus.jpg, c1), per engine: the served request latency against
    the bare forward of the same engine and threads in a process of its own that does nothing else
-   (the same letterboxed bus.jpg), alternating one served request and one bare forward; medians and
-   ``served_over_bare`` (target: tiny <= 1.20, yolov7 <= 1.10), with the served stages from
-   ``Server-Timing``; per protocol (``YOLO_BENCH_SERVING_PROTOCOLS``, default ``rest-json``; also
-   ``rest-binary`` and ``grpc``: the JPEG bytes as they are, no base64), requests of each protocol in turn.
+   (the same letterboxed bus.jpg), alternating one served request and one bare forward (60 rounds for
+   tiny, 12 for yolov7); medians, ``served_over_bare`` (median over median; target: tiny <= 1.20,
+   yolov7 <= 1.10) and ``served_over_bare_paired_p50`` (the median of each request over its own round's
+   bare forward: a drift of the shared host's speed cancels), with the served stages from
+   ``Server-Timing``; per protocol and client (``YOLO_BENCH_SERVING_PROTOCOLS``, default all of
+   ``rest-json``, ``rest-binary`` (the JPEG bytes as they are, no base64) through httpx, the same two
+   with ``/socket`` (a lean client sending prebuilt bytes, as wrk would: the server's overhead without
+   a Python client's) and ``grpc`` (grpcio)), requests of each in turn.
 
 The exported engines serve the ONNX export itself (``--weights model.onnx``: the CPU image's torch-free
 path); torch serves the checkpoint. Load averages are recorded before and after each section.
@@ -42,6 +46,7 @@ if str(REPO_ROOT) not in sys.path:
 
 EXPORTED = tuple(e for e in ("onnxruntime", "openvino") if importlib.util.find_spec(e) is not None)
 BEFORE_FLAGS = ["--max_batch_size", "8", "--max_batch_delay_ms", "5"]
+PROTOCOLS = ("rest-json", "rest-binary", "rest-json/socket", "rest-binary/socket", "grpc")
 
 
 def _fixtures() -> Path:
@@ -77,8 +82,50 @@ def _body(jpeg: bytes) -> bytes:
                                    "data": [base64.b64encode(jpeg).decode()]}]}).encode()
 
 
+class _SocketClient:
+    """A lean HTTP/1.1 client, as wrk is one: the request's bytes built once, sent on one kept-alive socket
+    (TCP_NODELAY), the answer read up to its ``Content-Length`` — so that the latency holds the server's
+    work and not a Python client's (httpx spends 0.5–1.5 ms per bus.jpg request of its own here)."""
+
+    def __init__(self, host: str, port: int, path: str, body: bytes, headers: dict[str, str]):
+        import socket
+
+        head = [f"POST {path} HTTP/1.1", f"host: {host}:{port}", f"content-length: {len(body)}",
+                *(f"{k}: {v}" for k, v in headers.items())]
+        self.request = ("\r\n".join(head) + "\r\n\r\n").encode() + body
+        self.sock = socket.create_connection((host, port))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def send(self) -> str:
+        self.sock.sendall(self.request)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("the server closed the connection")
+            data += chunk
+        head, _, rest = data.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        if lines[0].split()[1] != "200":
+            raise RuntimeError(f"HTTP {lines[0]}")
+        fields = dict(line.split(":", 1) for line in lines[1:])
+        fields = {k.strip().lower(): v.strip() for k, v in fields.items()}
+        remaining = int(fields["content-length"]) - len(rest)
+        while remaining > 0:
+            chunk = self.sock.recv(remaining)
+            if not chunk:
+                raise ConnectionError("the server closed the connection")
+            remaining -= len(chunk)
+        return fields["server-timing"]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 def _senders(server: Any, http: Any, jpeg: bytes, protocols: list[str]) -> dict[str, Any]:
-    """protocol -> a call that sends bus.jpg once and returns the ``Server-Timing`` header (None on gRPC)."""
+    """protocol -> a call that sends bus.jpg once and returns the ``Server-Timing`` header (None on gRPC).
+    ``rest-json`` and ``rest-binary`` go through httpx; ``rest-json/socket`` and ``rest-binary/socket``
+    send the same bytes with :class:`_SocketClient`."""
     import grpc
     from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
     from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
@@ -91,6 +138,11 @@ def _senders(server: Any, http: Any, jpeg: bytes, protocols: list[str]) -> dict[
                                              "inference-header-content-length": str(len(header))})}
 
     def rest(protocol: str):
+        if protocol.endswith("/socket"):
+            body, headers = bodies[protocol.removesuffix("/socket")]
+            return _SocketClient("127.0.0.1", server.http_port, server.infer_url.split(str(server.http_port), 1)[1],
+                                 body, headers).send
+
         def send() -> str:
             response = http.post(server.infer_url, content=bodies[protocol][0], headers=bodies[protocol][1])
             response.raise_for_status()
@@ -181,7 +233,7 @@ def bench_overhead(variants: list[str], engines: list[str], threads: int, folder
     import httpx
 
     jpeg = (_fixtures() / "images" / "bus.jpg").read_bytes()
-    protocols = [p for p in os.environ.get("YOLO_BENCH_SERVING_PROTOCOLS", "rest-json").split(",") if p]
+    protocols = [p for p in os.environ.get("YOLO_BENCH_SERVING_PROTOCOLS", ",".join(PROTOCOLS)).split(",") if p]
     rows = []
     for variant in variants:
         for engine in engines:
@@ -196,7 +248,7 @@ def bench_overhead(variants: list[str], engines: list[str], threads: int, folder
             stages = {p: {"decode": [], "preprocess": [], "forward": [], "postprocess": []} for p in protocols}
             with _server(model, engine, threads, []) as server, httpx.Client(timeout=120) as http:
                 senders = _senders(server, http, jpeg, protocols)
-                n = (8 if quick else 20) if variant == "yolov7-tiny" else (4 if quick else 10)
+                n = (8 if quick else 60) if variant == "yolov7-tiny" else (4 if quick else 12)
                 for index in range(n + 2):  # two warm-up rounds, then alternate: each protocol once, one bare
                     for protocol, send in senders.items():
                         start = time.perf_counter()
@@ -222,6 +274,9 @@ def bench_overhead(variants: list[str], engines: list[str], threads: int, folder
                        "served_c1_ms_p50": round(statistics.median(served[protocol]), 2),
                        "bare_forward_ms_p50": bare_p50, "loadavg": loads}
                 row["served_over_bare"] = round(row["served_c1_ms_p50"] / bare_p50, 3)
+                # each request against the bare forward of its own round: a drift of the host's speed cancels
+                row["served_over_bare_paired_p50"] = round(statistics.median(
+                    s / b for s, b in zip(served[protocol], bare_ms, strict=True)), 3)
                 if stages[protocol]["forward"]:
                     row["served_stages_ms_p50"] = {k: round(statistics.median(v), 2)
                                                    for k, v in stages[protocol].items()}

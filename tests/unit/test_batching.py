@@ -345,3 +345,78 @@ def test_warmup_batch_sizes_per_acceleration():
     assert warmup_batch_sizes("compile", "cuda", 32) == [1, 2, 4, 8, 16, 32]
     assert warmup_batch_sizes("compile", "cuda", 24) == [1, 2, 4, 8, 16, 24]
     assert warmup_batch_sizes("compile", "cuda", 1) == [1]
+
+
+# ----- run_alone: one item, prepared and run back to back in the worker thread when the batcher is idle ----
+async def test_an_idle_batcher_runs_one_item_alone_in_its_worker_thread():
+    recorder = Recorder()
+    batcher = DynamicBatcher(recorder, max_batch_size=1, max_delay_s=0.0)
+    try:
+        await batcher.submit(["warm"])  # the worker thread exists
+        prepared_in: list[str] = []
+
+        def prepare() -> str:
+            prepared_in.append(threading.current_thread().name)
+            return "x"
+
+        item, result = await batcher.run_alone(prepare)
+    finally:
+        await batcher.close()
+    assert (item, result) == ("x", ("done", "x"))
+    assert prepared_in == list(recorder.threads) == ["batcher_0"]  # prepared where the batches run
+    assert batcher.batches == 2 and batcher.items == 2  # counted as a batch
+
+
+async def test_run_alone_declines_unless_batches_are_of_one_idle_single_stage():
+    for batcher in (DynamicBatcher(Recorder(), max_batch_size=2, max_delay_s=0.0),  # batches can form
+                    DynamicBatcher([lambda b: b, lambda b: b], max_batch_size=1, max_delay_s=0.0)):  # stages
+        try:
+            assert await batcher.run_alone(lambda: pytest.fail("must not prepare")) is None
+        finally:
+            await batcher.close()
+    recorder = Recorder()
+    recorder.release.clear()
+    batcher = DynamicBatcher(recorder, max_batch_size=1, max_delay_s=0.0)
+    try:
+        busy = asyncio.ensure_future(batcher.submit(["a"]))
+        await _until(lambda: recorder.entered)  # a batch is running
+        assert await batcher.run_alone(lambda: pytest.fail("must not prepare")) is None
+        recorder.release.set()
+        await busy
+    finally:
+        await batcher.close()
+
+
+async def test_requests_during_a_run_alone_queue_behind_it_and_are_answered():
+    recorder = Recorder()
+    recorder.release.clear()
+    batcher = DynamicBatcher(recorder, max_batch_size=1, max_delay_s=0.0)
+    try:
+        alone = asyncio.ensure_future(batcher.run_alone(lambda: "first"))
+        await _until(lambda: recorder.entered)
+        assert await batcher.run_alone(lambda: pytest.fail("must not prepare")) is None  # one at a time
+        later = asyncio.ensure_future(batcher.submit(["second"]))
+        await asyncio.sleep(0.05)
+        assert recorder.entered == [["first"]]  # queued behind, not beside
+        recorder.release.set()
+        assert await alone == ("first", ("done", "first"))
+        assert await later == [("done", "second")]
+    finally:
+        await batcher.close()
+    assert recorder.batches == [["first"], ["second"]]
+
+
+async def test_run_alone_returns_the_stages_error_and_raises_prepares():
+    batcher = DynamicBatcher(Recorder(fail_on="bad"), max_batch_size=1, max_delay_s=0.0)
+    try:
+        item, result = await batcher.run_alone(lambda: "bad")
+        assert item == "bad" and isinstance(result, ValueError) and "cannot process 'bad'" in str(result)
+
+        def broken() -> str:
+            raise KeyError("undecodable")
+
+        with pytest.raises(KeyError, match="undecodable"):
+            await batcher.run_alone(broken)
+        assert await batcher.submit(["ok"]) == [("done", "ok")]  # still serving
+    finally:
+        await batcher.close()

@@ -235,3 +235,40 @@ def test_prepared_image_size_needs_a_geometry():
     item = PreparedImage(params=PARAMS, jpeg=bytearray(b"\xff\xd8"))
     with pytest.raises(AssertionError):
         _ = item.size
+
+
+def test_one_image_at_a_time_runs_alone_with_the_same_answers_and_errors(detector: Detector):
+    """Batches of one (the CPU's usual plan), idle model: a one-image request is decoded and run in the
+    forward thread at once — the same answers and stage timings; a bad image is still refused in prepare;
+    concurrent requests still go through the batcher and get their own answers."""
+    pipeline = _pipeline(detector, max_batch_size=1, max_batch_delay_s=0.0)
+    pictures = [_picture(120 + 30 * i, 260 - 20 * i, 30 + i) for i in range(4)]
+
+    async def run():
+        try:
+            alone = []
+            for picture in pictures[:2]:  # one at a time: each runs alone
+                prepared = await pipeline.prepare([_encode(picture)], PARAMS)
+                assert prepared[0].result is not None and pipeline.batcher.queued == 0
+                alone.append((await pipeline.detect(prepared), prepared))
+            with pytest.raises(RequestError, match="image 0"):
+                await pipeline.prepare([b"\xff\xd8 not a jpeg"], PARAMS)
+
+            async def one(picture):
+                prepared = await pipeline.prepare([_encode(picture)], PARAMS)
+                return await pipeline.detect(prepared), prepared
+
+            together = await asyncio.gather(*(one(p) for p in pictures))
+            return alone, together
+        finally:
+            await pipeline.close()
+
+    alone, together = asyncio.run(run())
+    for picture, ([result], prepared) in zip(pictures[:2], alone, strict=True):
+        _same(result, detector.detect([picture], PARAMS)[0])
+        timing = DetectionPipeline.server_timing(prepared)
+        assert all(float(part.split("dur=")[1]) > 0 for part in timing.split(", ")), timing
+    for picture, ([result], _) in zip(pictures, together, strict=True):
+        _same(result, detector.detect([picture], PARAMS)[0])
+    assert sum(prepared[0].result is None for _, prepared in together) >= 1  # some went through the batcher
+    assert pipeline.batcher.items == 6

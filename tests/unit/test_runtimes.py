@@ -146,6 +146,20 @@ def test_openvino_bf16_is_explicit_and_applied(tiny: dict):
     assert not parity(fp32.run(x), out)["ok"]  # bf16 rounding shows: it is not the fp32 graph
 
 
+@pytest.mark.skipif("openvino" not in EXPORTED, reason="openvino not installed")
+def test_openvino_reads_onnx_with_its_onnx_front_end_alone(tmp_path: Path, capfd):
+    """A file that is not ONNX fails in OpenVINO's ONNX front end; ``core.read_model`` would try its other
+    front ends too, and TensorFlow's writes its parse errors to stderr."""
+    from predictor.runtimes.openvino import OpenVinoRuntime
+
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"garbage that is no model\n")
+    capfd.readouterr()
+    with pytest.raises(Exception, match="(?i)pars"):
+        OpenVinoRuntime(broken)
+    assert "tensorflow" not in capfd.readouterr().err.lower()
+
+
 # ------------------------------------------------------------------ cache and choice
 def test_export_cached_next_to_weights_and_not_redone(tmp_path: Path, tiny: dict, monkeypatch):
     weights = tmp_path / "models" / "tiny.pt"

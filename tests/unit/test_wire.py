@@ -157,7 +157,8 @@ def test_the_strict_base64_fast_path_decodes_as_the_lenient_path():
     so every text decodes to what the lenient path alone gives, or is refused with the same message."""
     data = bytes(range(256)) * 3
     texts = [base64.b64encode(data).decode(), base64.b64encode(data[:-1]).decode(), "", "ab==cd==", "YQ===",
-             base64.urlsafe_b64encode(data).decode(), " " + base64.b64encode(data).decode(), "é" + "A" * 7, "*abc"]
+             base64.urlsafe_b64encode(data).decode(), " " + base64.b64encode(data).decode(), "é" + "A" * 7,
+             "QUJD====", "QR==", "QQ==QQ==", "=QUJD", "*abc"]
 
     def decode(function, text):
         try:
@@ -211,3 +212,54 @@ def test_deeply_nested_data_is_flattened_without_recursion():
     for _ in range(100_000):
         nested = [nested]
     assert wire.parse_v2(_v2("BYTES", [1], nested), LIMITS) == [b"hi"]  # no RecursionError
+
+
+def _detections(counts: list[int]):
+    from predictor.boxes import Detections
+
+    rng = np.random.default_rng(7)
+    return [Detections(boxes=(rng.random((n, 4)) * 500).astype(np.float32), scores=rng.random(n).astype(np.float32),
+                       classes=rng.integers(0, len(NAMES) + 2, n)) for n in counts]  # + 2: ids without a name
+
+
+@pytest.mark.parametrize("counts", [[0], [3], [5, 0, 2], [200]])
+def test_model_outputs_carry_the_same_data_as_kserves_own(counts):
+    """The model's InferOutput makes its JSON data in one pass: the same values (and types) as KServe's
+    element-by-element conversion, in REST JSON and gRPC; binary data is KServe's own."""
+    from kserve.protocol.infer_type import InferOutput, InferResponse
+
+    from predictor.model import _Output
+
+    arrays = wire.v2_output_arrays(_detections(counts), [(480, 640)] * len(counts), NAMES)
+    for name, datatype, _ in wire.V2_OUTPUTS:
+        array = arrays[name]
+        for binary in (False, True):
+            ours, theirs = (cls(name=name, shape=list(array.shape), datatype=datatype) for cls in (_Output, InferOutput))
+            ours.set_data_from_numpy(array, binary_data=binary)
+            theirs.set_data_from_numpy(array, binary_data=binary)
+            assert ours.data == theirs.data and ours._raw_data == theirs._raw_data, (name, binary)
+            assert [type(v) for v in ours.data or []] == [type(v) for v in theirs.data or []]
+            assert ours.parameters == theirs.parameters
+        responses = []
+        for cls in (_Output, InferOutput):  # through KServe's encoders, as the server sends them
+            output = cls(name=name, shape=list(array.shape), datatype=datatype)
+            output.data = array
+            rest, _ = InferResponse(model_name="m", infer_outputs=[output], response_id="1").to_rest()
+            typed = cls(name=name, shape=list(array.shape), datatype=datatype)
+            typed.set_data_from_numpy(array, binary_data=False)
+            grpc = InferResponse(model_name="m", infer_outputs=[typed], response_id="1", from_grpc=True).to_grpc()
+            responses.append((rest, grpc.SerializeToString()))
+        assert responses[0] == responses[1], name
+
+
+def test_model_outputs_keep_kserves_errors():
+    from kserve.errors import InferenceError
+
+    from predictor.model import _Output
+
+    with pytest.raises(InferenceError, match="datatype"):
+        _Output(name="x", shape=[2], datatype="INT32").set_data_from_numpy(np.zeros(2, np.float32), binary_data=False)
+    with pytest.raises(InferenceError, match="shape"):
+        _Output(name="x", shape=[3], datatype="FP32").set_data_from_numpy(np.zeros(2, np.float32), binary_data=False)
+    with pytest.raises(InferenceError, match="UTF-8"):
+        _Output(name="x", shape=[1], datatype="BYTES").set_data_from_numpy(np.array([b"\xff"], object), binary_data=False)
