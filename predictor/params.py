@@ -120,6 +120,8 @@ def resolve_params(raw: Mapping[str, Any] | None, defaults: DetectParams, names:
             values[name] = parse(name, raw[name])
     if "classes" in raw:
         values["classes"] = resolve_classes(raw["classes"], names)
+    if not values:  # the usual request: the defaults as they are (a frozen dataclass, checked once)
+        return defaults
     try:
         return replace(defaults, **values)
     except ValueError as error:  # out of bounds: DetectParams names the parameter

@@ -184,9 +184,14 @@ def install(app: FastAPI, server: Any, *, model: Any, max_request_bytes: int, de
 
     dataplane = server.dataplane
 
-    async def infer(raw_request: Request, model_name: str) -> Response:
+    async def infer(raw_request: Request) -> Response:
         """KServe's v2 infer endpoint, with the binary BYTES fix and a response without ``null`` fields
-        (the Open Inference Protocol schema types them as strings/objects), serialised by orjson."""
+        (the Open Inference Protocol schema types them as strings/objects), serialised by orjson.
+
+        A plain Starlette route: FastAPI's per-request dependency solving and response handling had
+        nothing to do here and took ~13 % of the event loop's time at concurrency 64 (py-spy). KServe's
+        own route for this path stays in the OpenAPI document; this one answers first."""
+        model_name = raw_request.path_params["model_name"]
         body = await raw_request.body()
         header_length = raw_request.headers.get(INFERENCE_CONTENT_LENGTH_HEADER)
         try:
@@ -229,8 +234,7 @@ def install(app: FastAPI, server: Any, *, model: Any, max_request_bytes: int, de
             metadata["parameters"] = {**registered.describe(), "model_card": model_card.MODEL_CARD_ROUTE}
         return metadata
 
-    app.router.add_api_route("/v2/models/{model_name}/infer", infer, methods=["POST"], response_model=None,
-                             tags=["V2"])
+    app.router.add_route("/v2/models/{model_name}/infer", infer, methods=["POST"], include_in_schema=False)
     app.router.add_api_route("/v2/models/{model_name}", model_metadata, methods=["GET"], response_model=None,
                              tags=["V2"])
     model_card.mount(app)

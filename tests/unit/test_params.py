@@ -14,7 +14,8 @@ DEFAULTS = DetectParams(confidence=0.25, iou=0.45, max_detections=300)
 
 # ----- parameters -------------------------------------------------------------------------------------
 def test_resolve_params_overrides_and_defaults():
-    assert resolve_params(None, DEFAULTS, NAMES) == DEFAULTS
+    for nothing in (None, {}, {"binary_data_output": True}, {"confidence": None}):  # the server's own, checked once
+        assert resolve_params(nothing, DEFAULTS, NAMES) is DEFAULTS
     params = resolve_params(
         {"confidence": "0.05", "iou": 0.6, "max_detections": 7, "classes": "car,0", "agnostic": "true",
          "binary_data_output": False},

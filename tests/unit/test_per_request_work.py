@@ -69,3 +69,24 @@ def test_auto_workers_follow_the_pod_cpu_limit_not_the_node(tmp_path):
     limit.write_text("max 100000\n")
     assert usable_cpus(str(limit)) == affinity
     assert usable_cpus(str(tmp_path / "absent")) == affinity
+
+
+def test_v2_infer_is_answered_by_a_plain_route_before_kserves():
+    """POST /v2/models/{name}/infer: our handler, a plain Starlette route (no FastAPI dependency solving per
+    request), registered before KServe's own route for the path, which keeps the OpenAPI entry."""
+    from starlette.routing import Route
+
+    from predictor.rest import install
+
+    app = FastAPI()
+    model = types.SimpleNamespace(name="m", metrics=None, settings=None)
+    install(app, types.SimpleNamespace(dataplane=None), model=model, max_request_bytes=1 << 20)
+
+    @app.post("/v2/models/{model_name}/infer")  # KServe's, added when its server starts
+    async def kserve_infer(model_name: str) -> dict:
+        return {}
+
+    routes = [r for r in app.router.routes if getattr(r, "path", "") == "/v2/models/{model_name}/infer"]
+    assert len(routes) == 2 and type(routes[0]) is Route and routes[0].endpoint.__module__ == "predictor.rest"
+    assert "/v2/models/{model_name}/infer" in app.openapi()["paths"]
+
