@@ -33,6 +33,13 @@ class Recorder:
         return [("done", item) for item in items]
 
 
+def _held(max_batch_size: int) -> tuple[Recorder, DynamicBatcher]:
+    """A batcher with no delay whose worker holds each batch until ``recorder.release`` is set."""
+    recorder = Recorder()
+    recorder.release.clear()
+    return recorder, DynamicBatcher(recorder, max_batch_size=max_batch_size, max_delay_s=0.0)
+
+
 async def test_concurrent_requests_coalesce_and_get_their_own_results():
     recorder = Recorder()
     batcher = DynamicBatcher(recorder, max_batch_size=8, max_delay_s=0.2)
@@ -51,9 +58,7 @@ async def test_concurrent_requests_coalesce_and_get_their_own_results():
 
 
 async def test_zero_delay_still_batches_what_queued_during_a_forward():
-    recorder = Recorder()
-    recorder.release.clear()  # hold the first batch in the worker
-    batcher = DynamicBatcher(recorder, max_batch_size=4, max_delay_s=0.0)
+    recorder, batcher = _held(4)  # the first batch stays in the worker
     try:
         first = asyncio.ensure_future(batcher.submit(["a"]))
         await _until(lambda: recorder.entered)  # "a" is in the worker
@@ -91,9 +96,7 @@ async def test_a_failing_batch_fails_only_its_requests():
 
 
 async def test_cancelled_request_is_dropped_before_processing():
-    recorder = Recorder()
-    recorder.release.clear()
-    batcher = DynamicBatcher(recorder, max_batch_size=4, max_delay_s=0.0)
+    recorder, batcher = _held(4)
     try:
         first = asyncio.ensure_future(batcher.submit(["first"]))
         await _until(lambda: recorder.entered)  # "first" is in the worker
@@ -374,9 +377,7 @@ async def test_run_alone_declines_unless_batches_are_of_one_idle_single_stage():
             assert await batcher.run_alone(lambda: pytest.fail("must not prepare")) is None
         finally:
             await batcher.close()
-    recorder = Recorder()
-    recorder.release.clear()
-    batcher = DynamicBatcher(recorder, max_batch_size=1, max_delay_s=0.0)
+    recorder, batcher = _held(1)
     try:
         busy = asyncio.ensure_future(batcher.submit(["a"]))
         await _until(lambda: recorder.entered)  # a batch is running
@@ -388,9 +389,7 @@ async def test_run_alone_declines_unless_batches_are_of_one_idle_single_stage():
 
 
 async def test_requests_during_a_run_alone_queue_behind_it_and_are_answered():
-    recorder = Recorder()
-    recorder.release.clear()
-    batcher = DynamicBatcher(recorder, max_batch_size=1, max_delay_s=0.0)
+    recorder, batcher = _held(1)
     try:
         alone = asyncio.ensure_future(batcher.run_alone(lambda: "first"))
         await _until(lambda: recorder.entered)

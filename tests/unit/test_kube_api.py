@@ -9,7 +9,6 @@ import kopf
 import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
-
 from yolo_operator import config as c
 from yolo_operator.kube import Kube
 
