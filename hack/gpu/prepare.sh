@@ -14,7 +14,8 @@ wheels=(kserve==0.21.0 py-spy==0.4.3 pyasn1==0.6.5 pyjwt==2.15.1 python-multipar
         tzdata==2026.6 pytz==2026.6 timing-asgi==0.3.2 orjson==3.13.0 grpc-interceptor==0.15.4 grpcio-tools==1.81.1
         cloudevents==1.13.0 deprecation==2.1.0 starlette==1.10.0 fastapi==0.165.0 watchfiles==1.3.0 uvicorn==0.54.0
         h11 httptools uvloop python-dotenv websockets kubernetes==37.0.1 durationpy==0.11 requests-oauthlib==2.0.0
-        oauthlib==4.0.1 websocket-client==1.9.2 aiohttp-retry==2.9.1 opentelemetry-api==1.45.2)
+        oauthlib==4.0.1 websocket-client==1.9.2 aiohttp-retry==2.9.1 opentelemetry-api==1.45.2
+        pybase64==1.5.1)
 for wheel in "${wheels[@]}"; do
   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
