@@ -50,13 +50,12 @@ class _Output(InferOutput):
     other case (binary data, a shape or datatype that does not match) is KServe's own."""
 
     def set_data_from_numpy(self, output_tensor: Any, binary_data: bool = True) -> None:
-        kind = getattr(getattr(output_tensor, "dtype", None), "kind", None)
-        if (binary_data or kind not in ("b", "i", "u", "f", "O") or list(output_tensor.shape) != list(self.shape)
-                or (kind == "O") != (self.datatype == "BYTES")):
-            super().set_data_from_numpy(output_tensor, binary_data)
-            return
-        if kind != "O" and from_np_dtype(output_tensor.dtype) != self.datatype:
-            super().set_data_from_numpy(output_tensor, binary_data)  # KServe's datatype error
+        dtype = getattr(output_tensor, "dtype", None)
+        kind = getattr(dtype, "kind", None)
+        numbers = kind in ("b", "i", "u", "f") and from_np_dtype(dtype) == self.datatype
+        text = kind == "O" and self.datatype == "BYTES"
+        if binary_data or not (numbers or text) or list(output_tensor.shape) != list(self.shape):
+            super().set_data_from_numpy(output_tensor, binary_data)  # KServe's own, its errors included
             return
         if self._parameters:
             self._parameters.pop("binary_data_size", None)

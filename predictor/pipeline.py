@@ -179,12 +179,8 @@ class DetectionPipeline:
         request when batches are of one image and the model is idle (the CPU's usual case at low load),
         decode it and run it at once in the forward thread (:meth:`DynamicBatcher.run_alone`): its
         result is then ready for :meth:`detect`."""
-        if len(sources) == 1:
-            self._preparing += 1
-            try:
-                alone = await self.batcher.run_alone(lambda: self._prepare_one(sources[0], params, "image 0"))
-            finally:
-                self._preparing -= 1
+        if len(sources) == 1:  # (not counted in _preparing: with batches of one no batch waits for company)
+            alone = await self.batcher.run_alone(lambda: self._prepare_one(sources[0], params, "image 0"))
             if alone is not None:
                 item, item.result = alone
                 return [item]

@@ -83,4 +83,3 @@ def _read_model(core: Any, model_path: str | Path) -> Any:
         front_end = FrontEndManager().load_by_framework("onnx")
         return front_end.convert(front_end.load(str(model_path)))
     return core.read_model(str(model_path))
-
