@@ -26,7 +26,6 @@ path); torch serves the checkpoint. Load averages are recorded before and after 
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import importlib.util
 import json
@@ -77,9 +76,12 @@ def _model(variant: str, engine: str, folder: Path) -> Path:
     return path
 
 
-def _body(jpeg: bytes) -> bytes:
-    return json.dumps({"inputs": [{"name": "images", "shape": [1], "datatype": "BYTES",
-                                   "data": [base64.b64encode(jpeg).decode()]}]}).encode()
+def _rest_bodies(jpeg: bytes) -> dict[str, tuple[bytes, dict[str, str]]]:
+    """``rest-json`` and ``rest-binary``: the v2 request for bus.jpg, every output as JSON in the answer."""
+    from tests.bench.frontend_bench import rest_bodies
+
+    bodies = rest_bodies(jpeg, [1], binary_output=False)
+    return {"rest-json": bodies["rest_json"], "rest-binary": bodies["rest_binary"]}
 
 
 class _SocketClient:
@@ -118,9 +120,6 @@ class _SocketClient:
             remaining -= len(chunk)
         return fields["server-timing"]
 
-    def close(self) -> None:
-        self.sock.close()
-
 
 def _senders(server: Any, http: Any, jpeg: bytes, protocols: list[str]) -> dict[str, Any]:
     """protocol -> a call that sends bus.jpg once and returns the ``Server-Timing`` header (None on gRPC).
@@ -130,18 +129,13 @@ def _senders(server: Any, http: Any, jpeg: bytes, protocols: list[str]) -> dict[
     from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
     from kserve.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
 
-    raw = len(jpeg).to_bytes(4, "little") + jpeg
-    header = json.dumps({"inputs": [{"name": "images", "shape": [1], "datatype": "BYTES",
-                                     "parameters": {"binary_data_size": len(raw)}}]}).encode()
-    bodies = {"rest-json": (_body(jpeg), {"content-type": "application/json"}),
-              "rest-binary": (header + raw, {"content-type": "application/octet-stream",
-                                             "inference-header-content-length": str(len(header))})}
+    bodies = _rest_bodies(jpeg)
 
     def rest(protocol: str):
         if protocol.endswith("/socket"):
             body, headers = bodies[protocol.removesuffix("/socket")]
-            return _SocketClient("127.0.0.1", server.http_port, server.infer_url.split(str(server.http_port), 1)[1],
-                                 body, headers).send
+            return _SocketClient("127.0.0.1", server.http_port, f"/v2/models/{server.model_name}/infer", body,
+                                 headers).send
 
         def send() -> str:
             response = http.post(server.infer_url, content=bodies[protocol][0], headers=bodies[protocol][1])
@@ -151,6 +145,7 @@ def _senders(server: Any, http: Any, jpeg: bytes, protocols: list[str]) -> dict[
 
     channel = grpc.insecure_channel(server.grpc_target)
     stub = pb_grpc.GRPCInferenceServiceStub(channel)
+    raw = len(jpeg).to_bytes(4, "little") + jpeg
     request = pb.ModelInferRequest(model_name="yolov7", raw_input_contents=[raw], inputs=[
         pb.ModelInferRequest.InferInputTensor(name="images", datatype="BYTES", shape=[1])])
 
@@ -177,7 +172,7 @@ def bench_batching(engines: list[str], threads: int, folder: Path, quick: bool) 
 
     from tests.bench.service_bench import _load
 
-    body, headers = _body((_fixtures() / "images" / "bus.jpg").read_bytes()), {"content-type": "application/json"}
+    body, headers = _rest_bodies((_fixtures() / "images" / "bus.jpg").read_bytes())["rest-json"]
     rows = []
     for engine in engines:
         model = _model("yolov7-tiny", engine, folder)

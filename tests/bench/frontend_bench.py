@@ -75,14 +75,16 @@ def _env_list(name: str, default: tuple[Any, ...]) -> tuple[str, ...]:
 
 
 # ----- requests --------------------------------------------------------------------------------------
-def rest_bodies(jpeg: bytes, shape: list[int]) -> dict[str, tuple[bytes, dict[str, str]]]:
+def rest_bodies(jpeg: bytes, shape: list[int], *, binary_output: bool = True) -> dict[str, tuple[bytes, dict[str, str]]]:
     """The v2 request for one image: JSON (base64 BYTES) and the binary extension. ``shape``: ours takes
-    ``[1]``, Triton's batching model ``[1, 1]`` (batch, then the model's own dimension)."""
+    ``[1]``, Triton's batching model ``[1, 1]`` (batch, then the model's own dimension). ``binary_output``:
+    the binary request asks for ``num_detections`` alone, as binary data (the front-end ceiling); else it
+    asks for nothing and gets every output as JSON (the served overhead, ``cpu_serving_bench``)."""
     json_body = json.dumps({"inputs": [{"name": "images", "shape": shape, "datatype": "BYTES",
                                         "data": [base64.b64encode(jpeg).decode()]}]}).encode()
+    outputs = {"outputs": [{"name": "num_detections", "parameters": {"binary_data": True}}]} if binary_output else {}
     header = json.dumps({"inputs": [{"name": "images", "shape": shape, "datatype": "BYTES",
-                                     "parameters": {"binary_data_size": 4 + len(jpeg)}}],
-                         "outputs": [{"name": "num_detections", "parameters": {"binary_data": True}}]}).encode()
+                                     "parameters": {"binary_data_size": 4 + len(jpeg)}}], **outputs}).encode()
     binary = header + len(jpeg).to_bytes(4, "little") + jpeg
     return {
         "rest_json": (json_body, {"Content-Type": "application/json"}),
