@@ -12,12 +12,12 @@ import asyncio
 import logging
 import os
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
 from predictor.dataplane import remove_if_stale
+from predictor.images import decoder_pool
 from predictor.pipeline import DetectionPipeline, PreparedImage, for_gpu_decode, letterbox_source
 from predictor.slots import SlotPool
 
@@ -42,8 +42,7 @@ class ModelLink:
         self.gpu_decode = bool(spec.summary.get("gpu_decode"))  # the model process decodes JPEGs (nvJPEG)
         size = spec.input_size
         self._letterbox = lambda image, where: letterbox(image, size)
-        threads = max(2, min(8, os.cpu_count() or 2))
-        self._decoders = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="yolo-decode")
+        self._decoders = decoder_pool()
         self._waiting: dict[int, tuple[asyncio.Future, list[int]]] = {}
         self._next_key = 0
         self._loop: asyncio.AbstractEventLoop | None = None

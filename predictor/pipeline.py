@@ -33,10 +33,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -141,9 +139,7 @@ class DetectionPipeline:
         self.batching = batching  # how the batch size and delay were chosen (predictor.batch_plan), for metadata
         self.limits = limits
         self.metrics = metrics
-        # One decoder per core (at most 8): more would only take cores from the forward on small hosts.
-        threads = decode_threads or max(2, min(8, os.cpu_count() or 2))
-        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="yolo-decode")
+        self._pool = images.decoder_pool(decode_threads)
         cuda = detector.device.type == "cuda"
         self.gpu_decode = cuda if gpu_decode is None else (gpu_decode and cuda)
         self._preparing = 0  # images being decoded now: they will reach the batcher shortly

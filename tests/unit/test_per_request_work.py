@@ -90,3 +90,25 @@ def test_v2_infer_is_answered_by_a_plain_route_before_kserves():
     assert len(routes) == 2 and type(routes[0]) is Route and routes[0].endpoint.__module__ == "predictor.rest"
     assert "/v2/models/{model_name}/infer" in app.openapi()["paths"]
 
+
+
+def test_decoder_threads_keep_opencv_in_the_calling_thread():
+    """The decode pool parallelises over images; OpenCV's own worker threads on top of it only cost CPU
+    (resize and border fan out to them per call). Every pool that decodes (the one-process pipeline's, a
+    front end's) comes from ``images.decoder_pool``, which leaves OpenCV to one thread."""
+    import inspect
+
+    import cv2
+
+    from predictor import frontend, images, pipeline
+
+    cv2.setNumThreads(2)
+    try:
+        pool = images.decoder_pool(3)
+        assert cv2.getNumThreads() == 1 and pool._max_workers == 3
+        pool.shutdown()
+        assert images.decoder_pool()._max_workers >= 2
+    finally:
+        cv2.setNumThreads(-1)
+    for module in (pipeline, frontend):
+        assert "decoder_pool(" in inspect.getsource(module) and "ThreadPoolExecutor(" not in inspect.getsource(module)
