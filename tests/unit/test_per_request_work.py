@@ -14,6 +14,7 @@ def test_request_log_work_is_dropped_unless_an_access_log_is_asked_for(monkeypat
     from predictor.__main__ import _QuietLoggingInterceptor, drop_request_log_work
 
     monkeypatch.setattr(grpc_server, "LoggingInterceptor", grpc_server.LoggingInterceptor)
+    monkeypatch.setattr(grpc_server, "aio", grpc_server.aio)
     monkeypatch.setattr(rest_server.RESTServer, "_add_middlewares", rest_server.RESTServer._add_middlewares)
 
     stock = FastAPI()
@@ -33,6 +34,32 @@ def test_request_log_work_is_dropped_unless_an_access_log_is_asked_for(monkeypat
     rest_server.RESTServer._add_middlewares(types.SimpleNamespace(access_log_format="%(h)s"), FastAPI())
     assert calls == ["%(h)s"]  # an access log asked for: KServe's own middleware (asgi-logger) is kept
     assert grpc_server.LoggingInterceptor is _QuietLoggingInterceptor
+
+
+def test_the_grpc_server_gets_no_interceptor_in_place_of_kserves_logging_one(monkeypatch):
+    """KServe builds its server with ``interceptors=(LoggingInterceptor(), ExceptionToStatusInterceptor())``;
+    with request logs off the first is left out altogether (grpc.aio awaits every interceptor on every
+    call, a pass-through one too), the error mapping stays."""
+    import grpc
+    from kserve.protocol.grpc import server as grpc_server
+    from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor
+    from kserve.protocol.rest import server as rest_server
+
+    from predictor.__main__ import drop_request_log_work
+
+    monkeypatch.setattr(grpc_server, "LoggingInterceptor", grpc_server.LoggingInterceptor)
+    monkeypatch.setattr(grpc_server, "aio", grpc_server.aio)
+    monkeypatch.setattr(rest_server.RESTServer, "_add_middlewares", rest_server.RESTServer._add_middlewares)
+    built = []
+    monkeypatch.setattr(grpc.aio, "server", lambda *args, interceptors=None, **kwargs: built.append(interceptors))
+    drop_request_log_work()
+    drop_request_log_work()  # twice: grpc.aio wrapped once
+    errors = ExceptionToStatusInterceptor()
+    grpc_server.aio.server(None, interceptors=(grpc_server.LoggingInterceptor(), errors), options=[])
+    assert built == [[errors]]
+    assert grpc_server.aio.insecure_channel is grpc.aio.insecure_channel  # the rest is grpc.aio's own
+    placeholder = grpc_server.LoggingInterceptor()
+    assert isinstance(placeholder, grpc.aio.ServerInterceptor)  # a plain pass-through, should it reach a server
 
 
 def test_front_end_socket_shares_the_port_and_sends_at_once():
