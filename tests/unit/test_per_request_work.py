@@ -98,25 +98,53 @@ def test_auto_workers_follow_the_pod_cpu_limit_not_the_node(tmp_path):
     assert usable_cpus(str(tmp_path / "absent")) == affinity
 
 
-def test_v2_infer_is_answered_by_a_plain_route_before_kserves():
-    """POST /v2/models/{name}/infer: our handler, a plain Starlette route (no FastAPI dependency solving per
-    request), registered before KServe's own route for the path, which keeps the OpenAPI entry."""
-    from starlette.routing import Route
+def test_v2_infer_is_answered_in_front_of_the_framework_with_the_apps_error_handlers():
+    """POST /v2/models/{name}/infer: answered by our endpoint in front of FastAPI's inner layers and the
+    router (no scan of every route, no dependency solving), inside the body limit; errors get the app's
+    handlers as through the router (400 for a bad request, 500 for the unexpected); every other request,
+    and KServe's own route for the path in the OpenAPI document, are as before."""
+    from fastapi.testclient import TestClient
 
-    from predictor.rest import install
+    from predictor.rest import InferFastPath, install
+
+    calls = []
+
+    class DataPlane:
+        async def model_ready(self, name: str, *_: object) -> bool:
+            return True
+
+        async def infer(self, model_name: str, request: object, headers: dict) -> tuple[dict, dict]:
+            calls.append(model_name)
+            if model_name == "broken":
+                raise RuntimeError("boom")
+            return {"model_name": model_name, "model_version": None, "id": "1", "outputs": []}, {}
+
+        def encode(self, model_name: str, response: dict, headers: dict, req_attributes: dict) -> tuple[dict, dict]:
+            return response, {}
 
     app = FastAPI()
     model = types.SimpleNamespace(name="m", metrics=None, settings=None)
-    install(app, types.SimpleNamespace(dataplane=None), model=model, max_request_bytes=1 << 20)
+    install(app, types.SimpleNamespace(dataplane=DataPlane()), model=model, max_request_bytes=1 << 16)
+    kserve_calls = []
 
     @app.post("/v2/models/{model_name}/infer")  # KServe's, added when its server starts
     async def kserve_infer(model_name: str) -> dict:
+        kserve_calls.append(model_name)
         return {}
 
-    routes = [r for r in app.router.routes if getattr(r, "path", "") == "/v2/models/{model_name}/infer"]
-    assert len(routes) == 2 and type(routes[0]) is Route and routes[0].endpoint.__module__ == "predictor.rest"
+    assert [m.cls for m in app.user_middleware][-1] is InferFastPath  # innermost: inside the body limit
     assert "/v2/models/{model_name}/infer" in app.openapi()["paths"]
-
+    body = {"inputs": [{"name": "images", "shape": [1], "datatype": "BYTES", "data": ["x"]}]}
+    with TestClient(app, raise_server_exceptions=False) as client:
+        answer = client.post("/v2/models/m/infer", json=body)
+        assert answer.status_code == 200 and answer.json() == {"model_name": "m", "id": "1", "outputs": []}
+        bad = client.post("/v2/models/m/infer", content=b"{not json", headers={"content-type": "application/json"})
+        assert bad.status_code == 400 and "invalid v2 inference request" in bad.json()["error"]
+        assert client.post("/v2/models/broken/infer", json=body).status_code == 500
+        assert client.post("/v2/models/m/infer", content=b"x" * (1 << 17)).status_code == 413
+        assert client.get("/v2/models/m/infer").status_code == 405  # the router's answer, as before
+        assert client.post("/v2/models/m/infer/more", json=body).status_code == 404
+    assert calls == ["m", "broken"] and kserve_calls == []
 
 
 def test_decoder_threads_keep_opencv_in_the_calling_thread():
