@@ -166,6 +166,8 @@ class DynamicBatcher(Generic[T, R]):
         ):
             self._wakeup.set()
         try:
+            if len(futures) == 1:  # (no gather for one: its own future and callbacks per request)
+                return [await futures[0]]
             return list(await asyncio.gather(*futures))
         except BaseException:
             for future in futures:  # a cancelled or failed request withdraws its other items
@@ -315,6 +317,7 @@ class DynamicBatcher(Generic[T, R]):
             return
         finally:
             allow_next.set()
+        self._batches_running.discard(asyncio.current_task())  # done: a request answered now sees it idle
         for pending, result in zip(batch, value, strict=True):
             if pending.future.done():
                 continue

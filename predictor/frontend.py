@@ -18,7 +18,7 @@ import numpy as np
 
 from predictor.dataplane import remove_if_stale
 from predictor.images import decoder_pool
-from predictor.pipeline import DetectionPipeline, PreparedImage, for_gpu_decode, letterbox_source
+from predictor.pipeline import DetectionPipeline, PreparedImage, for_gpu_decode, letterbox_source, settle
 from predictor.slots import SlotPool
 
 __all__ = ["ModelLink", "run_front_end"]
@@ -60,13 +60,9 @@ class ModelLink:
                  for index, source in enumerate(sources)]
         self.slots.preparing[0] += len(tasks)  # the model process's batcher waits for these
         try:
-            results = await asyncio.gather(*tasks, return_exceptions=True)
+            return await settle(tasks)
         finally:
             self.slots.preparing[0] -= len(tasks)
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
-        return list(results)
 
     def _prepare_one(self, source: Any, params: Any, where: str) -> Any:
         if isinstance(source, bytes) and self.gpu_decode and len(source) <= self.slots.slot_bytes \
