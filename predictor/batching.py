@@ -138,6 +138,9 @@ class DynamicBatcher(Generic[T, R]):
         self._name = name
         self._pending: deque[_Pending[T]] = deque()
         self._wakeup: asyncio.Event | None = None
+        # how many queued items the collector waits for (1: any; max_batch_size: a full batch, or the last
+        # of the items on their way); None while it waits for nothing that submit() brings
+        self._wake_at: int | None = None
         self._task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._executors: list[ThreadPoolExecutor] = []
@@ -158,8 +161,13 @@ class DynamicBatcher(Generic[T, R]):
         futures = [self._loop.create_future() for _ in items]
         for item, future in zip(items, futures, strict=True):
             self._pending.append(_Pending(item, future))
-        self._wakeup.set()
+        if self._wake_at is not None and (  # only when the collector waits for this: one wake per batch
+            len(self._pending) >= self._wake_at or (self._incoming is not None and self._incoming() <= 0)
+        ):
+            self._wakeup.set()
         try:
+            if len(futures) == 1:  # (no gather for one: its own future and callbacks per request)
+                return [await futures[0]]
             return list(await asyncio.gather(*futures))
         except BaseException:
             for future in futures:  # a cancelled or failed request withdraws its other items
@@ -248,7 +256,11 @@ class DynamicBatcher(Generic[T, R]):
             self._drop_cancelled_head()
             while not self._pending:
                 wakeup.clear()
-                await wakeup.wait()
+                self._wake_at = 1
+                try:
+                    await wakeup.wait()
+                finally:
+                    self._wake_at = None
                 self._drop_cancelled_head()
             await self._next_batch_allowed.wait()  # the previous batch has moved on
             deadline = self._pending[0].enqueued + self.max_delay_s
@@ -257,10 +269,13 @@ class DynamicBatcher(Generic[T, R]):
                 if remaining <= 0 or (self._incoming is not None and self._incoming() <= 0):
                     break
                 wakeup.clear()
+                self._wake_at = self.max_batch_size
+                timer = self._loop.call_later(remaining, wakeup.set)  # no task per wait (as wait_for makes)
                 try:
-                    await asyncio.wait_for(wakeup.wait(), remaining)
-                except TimeoutError:
-                    break
+                    await wakeup.wait()
+                finally:
+                    timer.cancel()
+                    self._wake_at = None
             batch: list[_Pending[T]] = []
             while self._pending and len(batch) < self.max_batch_size:
                 pending = self._pending.popleft()
@@ -302,6 +317,7 @@ class DynamicBatcher(Generic[T, R]):
             return
         finally:
             allow_next.set()
+        self._batches_running.discard(asyncio.current_task())  # done: a request answered now sees it idle
         for pending, result in zip(batch, value, strict=True):
             if pending.future.done():
                 continue

@@ -12,13 +12,13 @@ import asyncio
 import logging
 import os
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
 from predictor.dataplane import remove_if_stale
-from predictor.pipeline import DetectionPipeline, PreparedImage, for_gpu_decode, letterbox_source
+from predictor.images import decoder_pool
+from predictor.pipeline import DetectionPipeline, PreparedImage, for_gpu_decode, letterbox_source, settle
 from predictor.slots import SlotPool
 
 __all__ = ["ModelLink", "run_front_end"]
@@ -42,8 +42,7 @@ class ModelLink:
         self.gpu_decode = bool(spec.summary.get("gpu_decode"))  # the model process decodes JPEGs (nvJPEG)
         size = spec.input_size
         self._letterbox = lambda image, where: letterbox(image, size)
-        threads = max(2, min(8, os.cpu_count() or 2))
-        self._decoders = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="yolo-decode")
+        self._decoders = decoder_pool()
         self._waiting: dict[int, tuple[asyncio.Future, list[int]]] = {}
         self._next_key = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -61,13 +60,9 @@ class ModelLink:
                  for index, source in enumerate(sources)]
         self.slots.preparing[0] += len(tasks)  # the model process's batcher waits for these
         try:
-            results = await asyncio.gather(*tasks, return_exceptions=True)
+            return await settle(tasks)
         finally:
             self.slots.preparing[0] -= len(tasks)
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
-        return list(results)
 
     def _prepare_one(self, source: Any, params: Any, where: str) -> Any:
         if isinstance(source, bytes) and self.gpu_decode and len(source) <= self.slots.slot_bytes \

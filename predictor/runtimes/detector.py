@@ -33,6 +33,7 @@ from predictor.settings import DetectParams
 __all__ = ["CPU", "ExportedDetector", "torch_free_detector"]
 
 log = logging.getLogger(__name__)
+_SCALE = np.float32(1.0 / 255.0)  # the network input is float32(pixel) * (1 / 255)
 
 
 @dataclass(frozen=True)
@@ -112,8 +113,10 @@ class ExportedDetector:
             raise ValueError("images is empty")
         if not reuse:
             batch = np.stack(letterboxed).transpose(0, 3, 1, 2).astype(np.float32)  # astype: a contiguous copy
-            batch *= np.float32(1.0 / 255.0)
+            batch *= _SCALE
             return batch
+        import cv2
+
         s, n = self.input_size, len(letterboxed)
         if self._input is None or len(self._input) < n:
             self._input = None  # the old buffer goes before the new one is touched
@@ -122,8 +125,8 @@ class ExportedDetector:
         for row, image in enumerate(letterboxed):
             if getattr(image, "shape", None) != (s, s, 3):
                 raise ValueError(f"letterboxed image {row} must be [{s}, {s}, 3], got {getattr(image, 'shape', None)}")
-            np.copyto(batch[row], image.transpose(2, 0, 1), casting="unsafe")
-        batch *= np.float32(1.0 / 255.0)
+            for plane, channel in zip(cv2.split(image), batch[row], strict=True):  # contiguous planes: no
+                np.multiply(plane, _SCALE, out=channel, casting="unsafe")  # strided reads, one pass each
         return batch
 
     def preprocess(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, list[LetterboxGeometry]]:

@@ -166,6 +166,39 @@ async def test_no_wait_when_nothing_else_is_on_its_way():
     assert recorder.batches == [["alone"], ["a", "b"]]
 
 
+async def test_the_collector_wakes_once_per_batch_not_once_per_item():
+    """While a batch fills, an item that neither fills it nor is the last on its way queues without
+    waking the collector (a wake was one event-loop step per request at concurrency 64); the batch
+    still runs as soon as it is full, or as soon as nothing more is on its way, never after the delay."""
+    recorder = Recorder()
+    on_the_way = {"count": 0}
+    batcher = DynamicBatcher(recorder, max_batch_size=4, max_delay_s=3600, incoming=lambda: on_the_way["count"])
+    wakes = 0
+    try:
+        await batcher.submit(["warm"])  # starts the collector
+        real_set = batcher._wakeup.set
+
+        def counting_set() -> None:
+            nonlocal wakes
+            wakes += 1
+            real_set()
+
+        batcher._wakeup.set = counting_set
+        for batch, sizes in (("full", 4), ("last-on-its-way", 3)):
+            on_the_way["count"] = sizes
+            requests = []
+            for index in range(sizes):
+                on_the_way["count"] -= 1
+                requests.append(asyncio.ensure_future(batcher.submit([f"{batch}-{index}"])))
+                await asyncio.sleep(0.01)  # the collector runs in between
+            done = await asyncio.wait_for(asyncio.gather(*requests), timeout=30)
+            assert [result for (result,) in done] == [("done", f"{batch}-{index}") for index in range(sizes)]
+    finally:
+        await batcher.close()
+    assert recorder.batches == [["warm"], [f"full-{i}" for i in range(4)], [f"last-on-its-way-{i}" for i in range(3)]]
+    assert wakes == 4  # per batch: its first item (the collector was idle) and the one that completes it
+
+
 async def test_stages_overlap_batches_and_keep_results_apart():
     """With load → forward → post stages, batch k+1 is formed, loaded and run while batch k is in its
     post stage, and batch k+2 waits until k+1 reaches post; each stage runs in a thread of its own."""

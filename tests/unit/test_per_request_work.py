@@ -14,6 +14,7 @@ def test_request_log_work_is_dropped_unless_an_access_log_is_asked_for(monkeypat
     from predictor.__main__ import _QuietLoggingInterceptor, drop_request_log_work
 
     monkeypatch.setattr(grpc_server, "LoggingInterceptor", grpc_server.LoggingInterceptor)
+    monkeypatch.setattr(grpc_server, "aio", grpc_server.aio)
     monkeypatch.setattr(rest_server.RESTServer, "_add_middlewares", rest_server.RESTServer._add_middlewares)
 
     stock = FastAPI()
@@ -33,6 +34,32 @@ def test_request_log_work_is_dropped_unless_an_access_log_is_asked_for(monkeypat
     rest_server.RESTServer._add_middlewares(types.SimpleNamespace(access_log_format="%(h)s"), FastAPI())
     assert calls == ["%(h)s"]  # an access log asked for: KServe's own middleware (asgi-logger) is kept
     assert grpc_server.LoggingInterceptor is _QuietLoggingInterceptor
+
+
+def test_the_grpc_server_gets_no_interceptor_in_place_of_kserves_logging_one(monkeypatch):
+    """KServe builds its server with ``interceptors=(LoggingInterceptor(), ExceptionToStatusInterceptor())``;
+    with request logs off the first is left out altogether (grpc.aio awaits every interceptor on every
+    call, a pass-through one too), the error mapping stays."""
+    import grpc
+    from kserve.protocol.grpc import server as grpc_server
+    from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor
+    from kserve.protocol.rest import server as rest_server
+
+    from predictor.__main__ import drop_request_log_work
+
+    monkeypatch.setattr(grpc_server, "LoggingInterceptor", grpc_server.LoggingInterceptor)
+    monkeypatch.setattr(grpc_server, "aio", grpc_server.aio)
+    monkeypatch.setattr(rest_server.RESTServer, "_add_middlewares", rest_server.RESTServer._add_middlewares)
+    built = []
+    monkeypatch.setattr(grpc.aio, "server", lambda *args, interceptors=None, **kwargs: built.append(interceptors))
+    drop_request_log_work()
+    drop_request_log_work()  # twice: grpc.aio wrapped once
+    errors = ExceptionToStatusInterceptor()
+    grpc_server.aio.server(None, interceptors=(grpc_server.LoggingInterceptor(), errors), options=[])
+    assert built == [[errors]]
+    assert grpc_server.aio.insecure_channel is grpc.aio.insecure_channel  # the rest is grpc.aio's own
+    placeholder = grpc_server.LoggingInterceptor()
+    assert isinstance(placeholder, grpc.aio.ServerInterceptor)  # a plain pass-through, should it reach a server
 
 
 def test_front_end_socket_shares_the_port_and_sends_at_once():
@@ -71,22 +98,72 @@ def test_auto_workers_follow_the_pod_cpu_limit_not_the_node(tmp_path):
     assert usable_cpus(str(tmp_path / "absent")) == affinity
 
 
-def test_v2_infer_is_answered_by_a_plain_route_before_kserves():
-    """POST /v2/models/{name}/infer: our handler, a plain Starlette route (no FastAPI dependency solving per
-    request), registered before KServe's own route for the path, which keeps the OpenAPI entry."""
-    from starlette.routing import Route
+def test_v2_infer_is_answered_in_front_of_the_framework_with_the_apps_error_handlers():
+    """POST /v2/models/{name}/infer: answered by our endpoint in front of FastAPI's inner layers and the
+    router (no scan of every route, no dependency solving), inside the body limit; errors get the app's
+    handlers as through the router (400 for a bad request, 500 for the unexpected); every other request,
+    and KServe's own route for the path in the OpenAPI document, are as before."""
+    from fastapi.testclient import TestClient
 
-    from predictor.rest import install
+    from predictor.rest import InferFastPath, install
+
+    calls = []
+
+    class DataPlane:
+        async def model_ready(self, name: str, *_: object) -> bool:
+            return True
+
+        async def infer(self, model_name: str, request: object, headers: dict) -> tuple[dict, dict]:
+            calls.append(model_name)
+            if model_name == "broken":
+                raise RuntimeError("boom")
+            return {"model_name": model_name, "model_version": None, "id": "1", "outputs": []}, {}
+
+        def encode(self, model_name: str, response: dict, headers: dict, req_attributes: dict) -> tuple[dict, dict]:
+            return response, {}
 
     app = FastAPI()
     model = types.SimpleNamespace(name="m", metrics=None, settings=None)
-    install(app, types.SimpleNamespace(dataplane=None), model=model, max_request_bytes=1 << 20)
+    install(app, types.SimpleNamespace(dataplane=DataPlane()), model=model, max_request_bytes=1 << 16)
+    kserve_calls = []
 
     @app.post("/v2/models/{model_name}/infer")  # KServe's, added when its server starts
     async def kserve_infer(model_name: str) -> dict:
+        kserve_calls.append(model_name)
         return {}
 
-    routes = [r for r in app.router.routes if getattr(r, "path", "") == "/v2/models/{model_name}/infer"]
-    assert len(routes) == 2 and type(routes[0]) is Route and routes[0].endpoint.__module__ == "predictor.rest"
+    assert [m.cls for m in app.user_middleware][-1] is InferFastPath  # innermost: inside the body limit
     assert "/v2/models/{model_name}/infer" in app.openapi()["paths"]
+    body = {"inputs": [{"name": "images", "shape": [1], "datatype": "BYTES", "data": ["x"]}]}
+    with TestClient(app, raise_server_exceptions=False) as client:
+        answer = client.post("/v2/models/m/infer", json=body)
+        assert answer.status_code == 200 and answer.json() == {"model_name": "m", "id": "1", "outputs": []}
+        bad = client.post("/v2/models/m/infer", content=b"{not json", headers={"content-type": "application/json"})
+        assert bad.status_code == 400 and "invalid v2 inference request" in bad.json()["error"]
+        assert client.post("/v2/models/broken/infer", json=body).status_code == 500
+        assert client.post("/v2/models/m/infer", content=b"x" * (1 << 17)).status_code == 413
+        assert client.get("/v2/models/m/infer").status_code == 405  # the router's answer, as before
+        assert client.post("/v2/models/m/infer/more", json=body).status_code == 404
+    assert calls == ["m", "broken"] and kserve_calls == []
 
+
+def test_decoder_threads_keep_opencv_in_the_calling_thread():
+    """The decode pool parallelises over images; OpenCV's own worker threads on top of it only cost CPU
+    (resize and border fan out to them per call). Every pool that decodes (the one-process pipeline's, a
+    front end's) comes from ``images.decoder_pool``, which leaves OpenCV to one thread."""
+    import inspect
+
+    import cv2
+
+    from predictor import frontend, images, pipeline
+
+    cv2.setNumThreads(2)
+    try:
+        pool = images.decoder_pool(3)
+        assert cv2.getNumThreads() == 1 and pool._max_workers == 3
+        pool.shutdown()
+        assert images.decoder_pool()._max_workers >= 2
+    finally:
+        cv2.setNumThreads(-1)
+    for module in (pipeline, frontend):
+        assert "decoder_pool(" in inspect.getsource(module) and "ThreadPoolExecutor(" not in inspect.getsource(module)
