@@ -161,6 +161,14 @@ class InferFastPath:
         self.route = route
         self.handlers = exception_handlers  # the app's own dict: handlers added later count too
 
+    def _handler(self, error: Exception) -> Any:
+        """Starlette's choice: a status-code handler for an HTTPException, else the handler of the nearest
+        class; never the app's 500 / ``Exception`` handler, which belongs to the server-error middleware."""
+        handlers = self.handlers
+        if isinstance(error, HTTPException) and error.status_code != 500 and error.status_code in handlers:
+            return handlers[error.status_code]
+        return next((handlers[cls] for cls in type(error).__mro__ if cls is not Exception and cls in handlers), None)
+
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["method"] != "POST":
             await self.app(scope, receive, send)
@@ -174,9 +182,8 @@ class InferFastPath:
         try:
             response = await self.route.endpoint(request)
         except Exception as error:
-            handler = self.handlers.get(getattr(error, "status_code", None)) if isinstance(error, HTTPException) else None
-            handler = handler or next((self.handlers[cls] for cls in type(error).__mro__ if cls in self.handlers), None)
-            if handler is None or handler is self.handlers.get(Exception):
+            handler = self._handler(error)
+            if handler is None:
                 raise
             response = handler(request, error)
             if inspect.isawaitable(response):
