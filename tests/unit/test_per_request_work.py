@@ -139,6 +139,8 @@ def test_v2_infer_is_answered_in_front_of_the_framework_with_the_apps_error_hand
         return {}
 
     assert [m.cls for m in app.user_middleware][-1] is InferFastPath  # innermost: inside the body limit
+    routes = [r for r in app.router.routes if getattr(r, "path", "") == "/v2/models/{model_name}/infer"]
+    assert len(routes) == 2 and routes[0].endpoint.__module__ == "predictor.rest"  # ours named first, as before
     assert "/v2/models/{model_name}/infer" in app.openapi()["paths"]
     body = {"inputs": [{"name": "images", "shape": [1], "datatype": "BYTES", "data": ["x"]}]}
     with TestClient(app, raise_server_exceptions=False) as client:
