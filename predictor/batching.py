@@ -161,10 +161,7 @@ class DynamicBatcher(Generic[T, R]):
         futures = [self._loop.create_future() for _ in items]
         for item, future in zip(items, futures, strict=True):
             self._pending.append(_Pending(item, future))
-        if self._wake_at is not None and (  # only when the collector waits for this: one wake per batch
-            len(self._pending) >= self._wake_at or (self._incoming is not None and self._incoming() <= 0)
-        ):
-            self._wakeup.set()
+        self._wake_if_waited_for()
         try:
             if len(futures) == 1:  # (no gather for one: its own future and callbacks per request)
                 return [await futures[0]]
@@ -173,6 +170,20 @@ class DynamicBatcher(Generic[T, R]):
             for future in futures:  # a cancelled or failed request withdraws its other items
                 future.cancel()
             raise
+
+    def nudge(self) -> None:
+        """Tell the collector that ``incoming`` may have dropped with nothing submitted (an image that
+        failed to decode): a filling batch then runs at once instead of waiting out its delay."""
+        if self._wakeup is not None:
+            self._wake_if_waited_for()
+
+    def _wake_if_waited_for(self) -> None:
+        """Wake the collector only when it waits for this: its first item, a full batch, or nothing more
+        on its way — one wake per batch, not per item."""
+        if self._wake_at is not None and self._wakeup is not None and (
+            len(self._pending) >= self._wake_at or (self._incoming is not None and self._incoming() <= 0)
+        ):
+            self._wakeup.set()
 
     async def run_alone(self, prepare: Callable[[], T]) -> tuple[T, R | Exception] | None:
         """``prepare()`` (e.g. decode one image) and then the batch of its one item, back to back in the
@@ -245,6 +256,12 @@ class DynamicBatcher(Generic[T, R]):
             ]
         self._task = loop.create_task(self._collect(), name=f"{self._name}-collector")
 
+    def _release_wake_at(self, wakeup: asyncio.Event) -> None:
+        """The collector of ``wakeup`` no longer waits; a collector of an earlier event loop, finalised
+        late, leaves the current one's state alone."""
+        if self._wakeup is wakeup:
+            self._wake_at = None
+
     def _drop_cancelled_head(self) -> None:
         while self._pending and self._pending[0].future.done():
             self._pending.popleft()
@@ -260,7 +277,7 @@ class DynamicBatcher(Generic[T, R]):
                 try:
                     await wakeup.wait()
                 finally:
-                    self._wake_at = None
+                    self._release_wake_at(wakeup)
                 self._drop_cancelled_head()
             await self._next_batch_allowed.wait()  # the previous batch has moved on
             deadline = self._pending[0].enqueued + self.max_delay_s
@@ -275,7 +292,7 @@ class DynamicBatcher(Generic[T, R]):
                     await wakeup.wait()
                 finally:
                     timer.cancel()
-                    self._wake_at = None
+                    self._release_wake_at(wakeup)
             batch: list[_Pending[T]] = []
             while self._pending and len(batch) < self.max_batch_size:
                 pending = self._pending.popleft()

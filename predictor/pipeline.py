@@ -203,6 +203,7 @@ class DetectionPipeline:
             return await settle(tasks)
         finally:
             self._preparing -= len(tasks)
+            self.batcher.nudge()  # if these fail, a batch waiting for them need not wait out its delay
 
     async def detect(self, prepared: Sequence[PreparedImage]) -> list[Detections]:
         """Queue the prepared images for batched inference; results in order (at once for an image that

@@ -17,6 +17,7 @@ here come first and therefore win for the same path. What is added, and why:
 
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any
 
@@ -27,6 +28,7 @@ from kserve.errors import ModelNotReady
 from kserve.protocol.infer_type import InferRequest
 from kserve.protocol.rest.v2_datamodels import InferenceRequest
 from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.routing import Match, Route
 
@@ -148,6 +150,13 @@ class BodyLimitMiddleware:
         await self.app({**scope, "headers": headers}, decoded_receive, send)
 
 
+def _is_async(function: Any) -> bool:
+    while isinstance(function, functools.partial):
+        function = function.func
+    call = None if inspect.isfunction(function) else type(function).__dict__.get("__call__")  # an async callable object
+    return inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(call)
+
+
 class InferFastPath:
     """Answers ``POST /v2/models/{name}/infer`` (``route``) itself, in front of the framework's inner layers
     (exception middleware, exit-stack middleware, the router's scan of every route, the route's
@@ -161,6 +170,14 @@ class InferFastPath:
         self.route = route
         self.handlers = exception_handlers  # the app's own dict: handlers added later count too
 
+    def _handler(self, error: Exception) -> Any:
+        """Starlette's choice: a status-code handler for an HTTPException, else the handler of the nearest
+        class; never the app's 500 / ``Exception`` handler, which belongs to the server-error middleware."""
+        handlers = self.handlers
+        if isinstance(error, HTTPException) and error.status_code != 500 and error.status_code in handlers:
+            return handlers[error.status_code]
+        return next((handlers[cls] for cls in type(error).__mro__ if cls is not Exception and cls in handlers), None)
+
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["method"] != "POST":
             await self.app(scope, receive, send)
@@ -169,18 +186,20 @@ class InferFastPath:
         if match is not Match.FULL:
             await self.app(scope, receive, send)
             return
-        scope.update(child_scope)
+        scope.update(child_scope, route=self.route)
         request = Request(scope, receive, send)
         try:
             response = await self.route.endpoint(request)
         except Exception as error:
-            handler = self.handlers.get(getattr(error, "status_code", None)) if isinstance(error, HTTPException) else None
-            handler = handler or next((self.handlers[cls] for cls in type(error).__mro__ if cls in self.handlers), None)
-            if handler is None or handler is self.handlers.get(Exception):
+            handler = self._handler(error)
+            if handler is None:
                 raise
-            response = handler(request, error)
-            if inspect.isawaitable(response):
-                response = await response
+            if _is_async(handler):
+                response = await handler(request, error)
+            else:  # as Starlette runs a plain function handler
+                response = await run_in_threadpool(handler, request, error)
+            if response is None:
+                return
         await response(scope, receive, send)
 
 
@@ -267,6 +286,7 @@ def install(app: FastAPI, server: Any, *, model: Any, max_request_bytes: int, de
 
     infer_route = Route("/v2/models/{model_name}/infer", _infer_endpoint(server, metrics), methods=["POST"],
                         include_in_schema=False)
+    app.router.routes.append(infer_route)  # before KServe's: names it for url_for and KServe's timing middleware
     app.add_middleware(InferFastPath, route=infer_route, exception_handlers=app.exception_handlers)
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_request_bytes, on_reject=on_reject)  # outside the above
     settings = getattr(model, "settings", None)

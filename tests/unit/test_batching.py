@@ -199,6 +199,54 @@ async def test_the_collector_wakes_once_per_batch_not_once_per_item():
     assert wakes == 4  # per batch: its first item (the collector was idle) and the one that completes it
 
 
+async def test_an_image_that_fails_on_its_way_does_not_hold_the_batch_for_its_delay():
+    """A batch waiting for an image still being decoded runs as soon as that image fails (nudge), even
+    when another item was submitted in the same event-loop pass while the failing one still counted."""
+    recorder = Recorder()
+    decoding = {"count": 2}
+    batcher = DynamicBatcher(recorder, max_batch_size=8, max_delay_s=3600, incoming=lambda: decoding["count"])
+    try:
+        first = asyncio.ensure_future(batcher.submit(["a"]))
+        await asyncio.sleep(0.01)  # the collector waits for the two on their way
+        decoding["count"] -= 1
+        second = asyncio.ensure_future(batcher.submit(["b"]))  # submitted while the other still counts
+
+        def fails() -> None:
+            decoding["count"] -= 1
+            batcher.nudge()  # what the pipeline does when a decode ends without a submit
+
+        asyncio.get_running_loop().call_soon(fails)
+        done = await asyncio.wait_for(asyncio.gather(first, second), timeout=30)
+    finally:
+        await batcher.close()
+    assert done == [[("done", "a")], [("done", "b")]] and recorder.batches == [["a", "b"]]
+
+
+def test_a_collector_left_on_a_closed_loop_does_not_silence_the_next_one():
+    """A loop closed without cancelling its tasks leaves its collector to be finalised later (by the
+    garbage collector); that must not clear the state the current loop's collector waits with."""
+    import gc
+
+    batcher = DynamicBatcher(lambda items: [("done", item) for item in items], max_batch_size=4, max_delay_s=0.05)
+    first = asyncio.new_event_loop()
+    assert first.run_until_complete(batcher.submit(["a"])) == [("done", "a")]
+    first.close()  # its collector is still pending
+
+    async def on_the_next_loop() -> list:
+        answers = [await batcher.submit(["b"])]
+        await asyncio.sleep(0.01)  # the new collector idles
+        gc.collect()  # the old one is finalised now
+        answers.append(await asyncio.wait_for(batcher.submit(["c"]), timeout=10))
+        await batcher.close()
+        return answers
+
+    second = asyncio.new_event_loop()
+    try:
+        assert second.run_until_complete(on_the_next_loop()) == [[("done", "b")], [("done", "c")]]
+    finally:
+        second.close()
+
+
 async def test_stages_overlap_batches_and_keep_results_apart():
     """With load → forward → post stages, batch k+1 is formed, loaded and run while batch k is in its
     post stage, and batch k+2 waits until k+1 reaches post; each stage runs in a thread of its own."""

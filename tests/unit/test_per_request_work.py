@@ -103,7 +103,9 @@ def test_v2_infer_is_answered_in_front_of_the_framework_with_the_apps_error_hand
     router (no scan of every route, no dependency solving), inside the body limit; errors get the app's
     handlers as through the router (400 for a bad request, 500 for the unexpected); every other request,
     and KServe's own route for the path in the OpenAPI document, are as before."""
+    from fastapi.responses import JSONResponse
     from fastapi.testclient import TestClient
+    from starlette.exceptions import HTTPException
 
     from predictor.rest import InferFastPath, install
 
@@ -117,6 +119,8 @@ def test_v2_infer_is_answered_in_front_of_the_framework_with_the_apps_error_hand
             calls.append(model_name)
             if model_name == "broken":
                 raise RuntimeError("boom")
+            if model_name in ("teapot", "http500"):
+                raise HTTPException(418 if model_name == "teapot" else 500, detail=model_name)
             return {"model_name": model_name, "model_version": None, "id": "1", "outputs": []}, {}
 
         def encode(self, model_name: str, response: dict, headers: dict, req_attributes: dict) -> tuple[dict, dict]:
@@ -125,6 +129,8 @@ def test_v2_infer_is_answered_in_front_of_the_framework_with_the_apps_error_hand
     app = FastAPI()
     model = types.SimpleNamespace(name="m", metrics=None, settings=None)
     install(app, types.SimpleNamespace(dataplane=DataPlane()), model=model, max_request_bytes=1 << 16)
+    app.add_exception_handler(418, lambda request, error: JSONResponse({"status": error.detail}, 418))
+    app.add_exception_handler(500, lambda request, error: JSONResponse({"unexpected": str(error)}, 500))
     kserve_calls = []
 
     @app.post("/v2/models/{model_name}/infer")  # KServe's, added when its server starts
@@ -133,6 +139,8 @@ def test_v2_infer_is_answered_in_front_of_the_framework_with_the_apps_error_hand
         return {}
 
     assert [m.cls for m in app.user_middleware][-1] is InferFastPath  # innermost: inside the body limit
+    routes = [r for r in app.router.routes if getattr(r, "path", "") == "/v2/models/{model_name}/infer"]
+    assert len(routes) == 2 and routes[0].endpoint.__module__ == "predictor.rest"  # ours named first, as before
     assert "/v2/models/{model_name}/infer" in app.openapi()["paths"]
     body = {"inputs": [{"name": "images", "shape": [1], "datatype": "BYTES", "data": ["x"]}]}
     with TestClient(app, raise_server_exceptions=False) as client:
@@ -140,11 +148,16 @@ def test_v2_infer_is_answered_in_front_of_the_framework_with_the_apps_error_hand
         assert answer.status_code == 200 and answer.json() == {"model_name": "m", "id": "1", "outputs": []}
         bad = client.post("/v2/models/m/infer", content=b"{not json", headers={"content-type": "application/json"})
         assert bad.status_code == 400 and "invalid v2 inference request" in bad.json()["error"]
-        assert client.post("/v2/models/broken/infer", json=body).status_code == 500
+        broken = client.post("/v2/models/broken/infer", json=body)  # the server-error middleware's 500 handler
+        assert broken.status_code == 500 and broken.json() == {"unexpected": "boom"}
+        teapot = client.post("/v2/models/teapot/infer", json=body)  # a status-code handler, as Starlette picks
+        assert teapot.status_code == 418 and teapot.json() == {"status": "teapot"}
+        http500 = client.post("/v2/models/http500/infer", json=body)  # the HTTPException class handler (ours)
+        assert http500.status_code == 500 and http500.json() == {"error": "http500"}
         assert client.post("/v2/models/m/infer", content=b"x" * (1 << 17)).status_code == 413
         assert client.get("/v2/models/m/infer").status_code == 405  # the router's answer, as before
         assert client.post("/v2/models/m/infer/more", json=body).status_code == 404
-    assert calls == ["m", "broken"] and kserve_calls == []
+    assert calls == ["m", "broken", "teapot", "http500"] and kserve_calls == []
 
 
 def test_decoder_threads_keep_opencv_in_the_calling_thread():
