@@ -160,23 +160,45 @@ def test_v2_infer_is_answered_in_front_of_the_framework_with_the_apps_error_hand
     assert calls == ["m", "broken", "teapot", "http500"] and kserve_calls == []
 
 
-def test_decoder_threads_keep_opencv_in_the_calling_thread():
+def test_decoder_threads_keep_opencv_in_the_calling_thread(tmp_path):
     """The decode pool parallelises over images; OpenCV's own worker threads on top of it only cost CPU
-    (resize and border fan out to them per call). Every pool that decodes (the one-process pipeline's, a
-    front end's) comes from ``images.decoder_pool``, which leaves OpenCV to one thread."""
-    import inspect
+    (resize and border fan out to them per call). Every pool that decodes — the one-process pipeline's and
+    a front end's — leaves OpenCV to one thread (``images.decoder_pool``)."""
+    import multiprocessing
+    import pickle
 
     import cv2
+    from prometheus_client import CollectorRegistry
 
-    from predictor import frontend, images, pipeline
+    from predictor import images, wire
+    from predictor.engine import Detector
+    from predictor.frontend import ModelLink
+    from predictor.metrics import service_metrics
+    from predictor.pipeline import DetectionPipeline
+    from predictor.slots import SlotFile
+    from tests.unit.test_engine import TinyHead
 
-    cv2.setNumThreads(2)
+    def made_with_opencv_threads(make):  # the pool, and OpenCV's thread count after making it
+        cv2.setNumThreads(4)
+        pool = make()
+        return pool._max_workers, cv2.getNumThreads()
+
     try:
-        pool = images.decoder_pool(3)
-        assert cv2.getNumThreads() == 1 and pool._max_workers == 3
-        pool.shutdown()
-        assert images.decoder_pool()._max_workers >= 2
+        assert made_with_opencv_threads(lambda: images.decoder_pool(3)) == (3, 1)
+        assert made_with_opencv_threads(images.decoder_pool)[0] >= 2
+        detector = Detector(TinyHead(), names=[f"c{i}" for i in range(5)], device="cpu")
+        pipeline = lambda: DetectionPipeline(  # noqa: E731
+            detector, limits=wire.Limits(4, 10_000, 1 << 20), max_batch_size=2, max_batch_delay_s=0.0,
+            metrics=service_metrics(CollectorRegistry()), decode_threads=3)._pool
+        assert made_with_opencv_threads(pipeline) == (3, 1)
+        ours, theirs = multiprocessing.Pipe()
+        slots = pickle.loads(pickle.dumps(SlotFile.create("t", 2, 32, str(tmp_path))))
+        spec = types.SimpleNamespace(index=0, conn=theirs, slots=slots, run_dir=str(tmp_path), slot_count=2,
+                                     input_size=32, summary={})
+        front_end = lambda: ModelLink(spec, wire.Limits(4, 10_000, 1 << 20),  # noqa: E731
+                                      service_metrics(CollectorRegistry()))._decoders
+        assert made_with_opencv_threads(front_end)[1] == 1
+        ours.close()
+        theirs.close()
     finally:
         cv2.setNumThreads(-1)
-    for module in (pipeline, frontend):
-        assert "decoder_pool(" in inspect.getsource(module) and "ThreadPoolExecutor(" not in inspect.getsource(module)
