@@ -89,8 +89,8 @@ def passive_openmp() -> None:
 
 class _QuietLoggingInterceptor:
     """Stands in for KServe's gRPC ``LoggingInterceptor`` (one INFO line per call, which ``--request_logs``
-    does not reach) when request logs are off: a placeholder that :class:`_AioWithoutPlaceholders` leaves
-    out of the server (an interceptor that only passes the call on still cost 5-7 % of the CPU per small
+    does not reach) when request logs are off: a placeholder that :func:`predictor.kserve_grpc.kserve_aio`
+    leaves out of the server (an interceptor that only passes the call on still cost 5-7 % of the CPU per small
     gRPC request: grpc.aio awaits every interceptor on every call); if it ever reached a server, it
     would pass each call straight through."""
 
@@ -106,22 +106,6 @@ class _QuietLoggingInterceptor:
         return instance
 
 
-class _AioWithoutPlaceholders:
-    """``grpc.aio`` as KServe's gRPC server module sees it: :meth:`server` drops the placeholder
-    interceptors (:class:`_QuietLoggingInterceptor`) and keeps the others (KServe's error → status code
-    mapping) in order; everything else is grpc.aio's own."""
-
-    def __init__(self, aio: Any):
-        self._aio = aio
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._aio, name)
-
-    def server(self, *args: Any, interceptors: Any = None, **kwargs: Any) -> Any:
-        kept = [i for i in interceptors or () if not getattr(i, "placeholder", False)]
-        return self._aio.server(*args, interceptors=kept or None, **kwargs)
-
-
 def drop_request_log_work() -> None:
     """With request logs off, skip the per-request work that only feeds them: KServe's gRPC
     ``LoggingInterceptor`` (one INFO line per call, which ``--request_logs`` does not reach; not even a
@@ -131,9 +115,10 @@ def drop_request_log_work() -> None:
     from kserve.protocol.grpc import server as grpc_server
     from kserve.protocol.rest import server as rest_server
 
+    from predictor.kserve_grpc import kserve_aio
+
     grpc_server.LoggingInterceptor = _QuietLoggingInterceptor
-    if not isinstance(grpc_server.aio, _AioWithoutPlaceholders):
-        grpc_server.aio = _AioWithoutPlaceholders(grpc_server.aio)
+    kserve_aio()  # leaves the placeholder out
     kserve_middlewares = rest_server.RESTServer._add_middlewares
     if getattr(kserve_middlewares, "__wrapped__", None) is not None:
         return

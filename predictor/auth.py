@@ -115,27 +115,11 @@ def _grpc_interceptor(check: TokenCheck) -> Any:
 
 
 def install_grpc(check: TokenCheck) -> None:
-    """Put the token check first on the gRPC server that ``kserve.ModelServer.start`` creates.
+    """Put the token check first on the gRPC server that ``kserve.ModelServer.start`` creates
+    (:func:`predictor.kserve_grpc.kserve_aio`; KServe offers no parameter for an interceptor). Called once,
+    before ``ModelServer.start``; a second call adds nothing."""
+    from predictor.kserve_grpc import kserve_aio
 
-    KServe's ``GRPCServer.start`` builds its ``grpc.aio.server`` with a fixed interceptor tuple; this wraps the
-    ``aio`` module that ``kserve.protocol.grpc.server`` uses so that ``aio.server(...)`` gets our interceptor in
-    front. Called once, before ``ModelServer.start``."""
-    from kserve.protocol.grpc import server as kserve_grpc
-
-    if isinstance(kserve_grpc.aio, _AioWithInterceptor):
-        return
-    kserve_grpc.aio = _AioWithInterceptor(kserve_grpc.aio, _grpc_interceptor(check))
-
-
-class _AioWithInterceptor:
-    """``grpc.aio`` as KServe's gRPC server module sees it, with ``server()`` adding one interceptor first."""
-
-    def __init__(self, aio: Any, interceptor: Any) -> None:
-        self._aio = aio
-        self._interceptor = interceptor
-
-    def server(self, *args: Any, interceptors: Iterable[Any] = (), **kwargs: Any) -> Any:
-        return self._aio.server(*args, interceptors=(self._interceptor, *interceptors), **kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._aio, name)
+    aio = kserve_aio()
+    if not aio.first:
+        aio.first.append(_grpc_interceptor(check))

@@ -161,7 +161,7 @@ class DynamicBatcher(Generic[T, R]):
         futures = [self._loop.create_future() for _ in items]
         for item, future in zip(items, futures, strict=True):
             self._pending.append(_Pending(item, future))
-        self._wake_if_waited_for()
+        self.nudge()
         try:
             if len(futures) == 1:  # (no gather for one: its own future and callbacks per request)
                 return [await futures[0]]
@@ -172,14 +172,10 @@ class DynamicBatcher(Generic[T, R]):
             raise
 
     def nudge(self) -> None:
-        """Tell the collector that ``incoming`` may have dropped with nothing submitted (an image that
-        failed to decode): a filling batch then runs at once instead of waiting out its delay."""
-        if self._wakeup is not None:
-            self._wake_if_waited_for()
-
-    def _wake_if_waited_for(self) -> None:
-        """Wake the collector only when it waits for this: its first item, a full batch, or nothing more
-        on its way — one wake per batch, not per item."""
+        """Wake the collector if it waits for what is queued now: its first item, a full batch, or nothing
+        more on its way — one wake per batch, not per item. :meth:`submit` calls it; so does a caller whose
+        ``incoming`` items dropped with nothing submitted (an image that failed to decode), so that a
+        filling batch runs at once instead of waiting out its delay."""
         if self._wake_at is not None and self._wakeup is not None and (
             len(self._pending) >= self._wake_at or (self._incoming is not None and self._incoming() <= 0)
         ):

@@ -57,6 +57,12 @@ def test_the_grpc_server_gets_no_interceptor_in_place_of_kserves_logging_one(mon
     errors = ExceptionToStatusInterceptor()
     grpc_server.aio.server(None, interceptors=(grpc_server.LoggingInterceptor(), errors), options=[])
     assert built == [[errors]]
+    from predictor import auth
+
+    auth.install_grpc(auth.TokenCheck(b"secret"))  # the token check goes first, through the same wrapper
+    auth.install_grpc(auth.TokenCheck(b"other"))  # once
+    grpc_server.aio.server(None, interceptors=(grpc_server.LoggingInterceptor(), errors), options=[])
+    assert len(built[1]) == 2 and type(built[1][0]).__name__ == "BearerTokenInterceptor" and built[1][1] is errors
     assert grpc_server.aio.insecure_channel is grpc.aio.insecure_channel  # the rest is grpc.aio's own
     placeholder = grpc_server.LoggingInterceptor()
     assert isinstance(placeholder, grpc.aio.ServerInterceptor)  # a plain pass-through, should it reach a server
