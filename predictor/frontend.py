@@ -55,8 +55,7 @@ class ModelLink:
 
     # ----- decode here ------------------------------------------------------------------------------
     async def prepare(self, sources: Sequence[Any], params: Any) -> list[Any]:
-        loop = asyncio.get_running_loop()
-        tasks = [loop.run_in_executor(self._decoders, self._prepare_one, source, params, f"image {index}")
+        tasks = [self._decoders.run(self._prepare_one, source, params, f"image {index}")
                  for index, source in enumerate(sources)]
         self.slots.preparing[0] += len(tasks)  # the model process's batcher waits for these
         try:
