@@ -9,6 +9,7 @@ the shared slots (:mod:`predictor.slots`); the detections come back over the pip
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import Sequence
@@ -16,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from predictor.dataplane import remove_if_stale
+from predictor.dataplane import NUDGE, remove_if_stale
 from predictor.images import decoder_pool
 from predictor.pipeline import DetectionPipeline, PreparedImage, for_gpu_decode, letterbox_source, settle
 from predictor.slots import SlotPool
@@ -59,9 +60,14 @@ class ModelLink:
                  for index, source in enumerate(sources)]
         self.slots.preparing[0] += len(tasks)  # the model process's batcher waits for these
         try:
-            return await settle(tasks)
-        finally:
+            prepared = await settle(tasks)
+        except BaseException:
             self.slots.preparing[0] -= len(tasks)
+            with contextlib.suppress(OSError):  # (a broken pipe: _read ends this process)
+                self._conn.send(NUDGE)  # a batch waiting for these images runs now
+            raise
+        self.slots.preparing[0] -= len(tasks)
+        return prepared
 
     def _prepare_one(self, source: Any, params: Any, where: str) -> Any:
         if isinstance(source, bytes) and self.gpu_decode and len(source) <= self.slots.slot_bytes \
