@@ -214,7 +214,7 @@ class DetectionPipeline:
 
     async def close(self) -> None:
         await self.batcher.close()
-        self._pool.shutdown()
+        self._pool.shutdown(cancel_queued=True)
 
     # ----- thread pool side -------------------------------------------------------------------------
     def _prepare_one(self, source: ImageSource, params: DetectParams, where: str) -> PreparedImage:
