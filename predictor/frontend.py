@@ -153,9 +153,11 @@ def run_front_end(spec: Any) -> None:
     import argparse
 
     from predictor.__main__ import serve
+    from predictor.malloc import keep_freed_memory
     from predictor.metrics import service_metrics
     from predictor.model import YoloV7Model
 
+    keep_freed_memory()  # (a spawned interpreter: its own malloc)
     args = argparse.Namespace(**spec.args)
     model = YoloV7Model(args.model_name, spec.settings)
     link = ModelLink(spec, model.limits(), service_metrics())
