@@ -18,6 +18,7 @@ import os
 import sys
 from typing import Any
 
+from predictor.malloc import keep_freed_memory
 from predictor.settings import PredictorSettings
 
 DEFAULT_MODEL_NAME = "yolov7"
@@ -168,6 +169,7 @@ def usable_cpus(cgroup_cpu_max: str = "/sys/fs/cgroup/cpu.max") -> int:
 
 def main(argv: list[str] | None = None) -> None:
     passive_openmp()  # before torch is imported (planned_workers may import it)
+    keep_freed_memory()
     workers, _ = planned_workers(argv)
     run_dir = None
     if workers > 1:  # before prometheus_client is imported, here and (inherited) in every front end

@@ -34,9 +34,10 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
+
+from predictor.threads import WorkerThreads
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -143,7 +144,7 @@ class DynamicBatcher(Generic[T, R]):
         self._wake_at: int | None = None
         self._task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._executors: list[ThreadPoolExecutor] = []
+        self._executors: list[WorkerThreads] = []
         self._batches_running: set[asyncio.Task] = set()
         self._next_batch_allowed: asyncio.Event | None = None
         self._alone = False  # a request is being run alone (run_alone)
@@ -200,7 +201,7 @@ class DynamicBatcher(Generic[T, R]):
         assert self._loop is not None
         self._alone = True
         try:
-            return await self._loop.run_in_executor(self._executors[0], self._prepare_and_run, prepare)
+            return await self._executors[0].run(self._prepare_and_run, prepare)
         finally:
             self._alone = False
 
@@ -246,10 +247,8 @@ class DynamicBatcher(Generic[T, R]):
         self._next_batch_allowed = asyncio.Event()
         self._next_batch_allowed.set()
         if not self._executors:
-            self._executors = [
-                ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self._name}-{index}" if index else self._name)
-                for index in range(len(self._stages))
-            ]
+            self._executors = [WorkerThreads(1, f"{self._name}-{index}" if index else self._name)
+                               for index in range(len(self._stages))]
         self._task = loop.create_task(self._collect(), name=f"{self._name}-collector")
 
     def _release_wake_at(self, wakeup: asyncio.Event) -> None:
@@ -315,7 +314,7 @@ class DynamicBatcher(Generic[T, R]):
                     call = (self._signal_then_run, stage, value, lambda: loop.call_soon_threadsafe(allow_next.set))
                 else:
                     call = (stage, value)
-                value = await loop.run_in_executor(self._executors[index], *call)
+                value = await self._executors[index].run(*call)
             if len(value) != len(batch):
                 raise RuntimeError(f"{self._name}: process returned {len(value)} results for {len(batch)} items")
         except asyncio.CancelledError:

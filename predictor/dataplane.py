@@ -15,6 +15,9 @@
   :data:`MAX_RESTARTS` in :data:`RESTART_WINDOW_S`, else the process exits and the pod restarts).
 * A front end whose pipe to the model process breaks (the model process died) exits at once: with the
   model process gone the container ends, never a server that accepts requests and hangs.
+* The model process's batcher waits for the images the front ends count as on their way (shared memory);
+  a front end whose images fail to decode drops its count and sends :data:`NUDGE`, so no batch waits out
+  its delay for them.
 * Metrics: prometheus_client's multiprocess mode; each front end's ``/metrics`` sums every process's.
 * Nothing outlives the pod's processes: the slot files have no name (:mod:`predictor.slots`); the run
   folder (metrics files) is removed by the model process at exit, by the front ends when the model process
@@ -53,6 +56,9 @@ WATCH_INTERVAL_S = 0.5
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's own name for its metrics folder
 RUN_DIR_PREFIX = "yolo-v7-"
 OWNER_LOCK = "owner.lock"  # in the run folder: flock'ed by the model process as long as it lives
+# A front end's message with this key carries no request: its images failed to decode, so a batch waiting
+# for them (the shared count of images on their way) should not wait out its delay. Request keys start at 1.
+NUDGE = (0, ())
 _owner_locks: list[int] = []  # held until this process ends
 
 
@@ -205,6 +211,9 @@ class _Host:
             fe.conn = None
 
     def _submit(self, fe: _FrontEnd, conn: Connection, message: tuple) -> None:
+        if message == NUDGE:
+            self.model.pipeline.batcher.nudge()
+            return
         task = asyncio.get_running_loop().create_task(self._detect(fe, conn, *message))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)

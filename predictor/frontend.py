@@ -9,6 +9,7 @@ the shared slots (:mod:`predictor.slots`); the detections come back over the pip
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import Sequence
@@ -16,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from predictor.dataplane import remove_if_stale
+from predictor.dataplane import NUDGE, remove_if_stale
 from predictor.images import decoder_pool
 from predictor.pipeline import DetectionPipeline, PreparedImage, for_gpu_decode, letterbox_source, settle
 from predictor.slots import SlotPool
@@ -55,14 +56,18 @@ class ModelLink:
 
     # ----- decode here ------------------------------------------------------------------------------
     async def prepare(self, sources: Sequence[Any], params: Any) -> list[Any]:
-        loop = asyncio.get_running_loop()
-        tasks = [loop.run_in_executor(self._decoders, self._prepare_one, source, params, f"image {index}")
+        tasks = [self._decoders.run(self._prepare_one, source, params, f"image {index}")
                  for index, source in enumerate(sources)]
         self.slots.preparing[0] += len(tasks)  # the model process's batcher waits for these
         try:
-            return await settle(tasks)
-        finally:
+            prepared = await settle(tasks)
+        except BaseException:
             self.slots.preparing[0] -= len(tasks)
+            with contextlib.suppress(OSError):  # (a broken pipe: _read ends this process)
+                self._conn.send(NUDGE)  # a batch waiting for these images runs now
+            raise
+        self.slots.preparing[0] -= len(tasks)
+        return prepared
 
     def _prepare_one(self, source: Any, params: Any, where: str) -> Any:
         if isinstance(source, bytes) and self.gpu_decode and len(source) <= self.slots.slot_bytes \
@@ -148,9 +153,11 @@ def run_front_end(spec: Any) -> None:
     import argparse
 
     from predictor.__main__ import serve
+    from predictor.malloc import keep_freed_memory
     from predictor.metrics import service_metrics
     from predictor.model import YoloV7Model
 
+    keep_freed_memory()  # (a spawned interpreter: its own malloc)
     args = argparse.Namespace(**spec.args)
     model = YoloV7Model(args.model_name, spec.settings)
     link = ModelLink(spec, model.limits(), service_metrics())

@@ -28,12 +28,12 @@ from __future__ import annotations
 import os
 import struct
 import zlib
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
 from predictor.errors import RequestError
+from predictor.threads import WorkerThreads
 
 __all__ = [
     "ALPHA_BACKGROUND",
@@ -285,7 +285,7 @@ def check_dimensions(width: int, height: int, max_pixels: int, where: str) -> No
                            f"{MAX_ASPECT_RATIO}:1 is accepted", "image_shape")
 
 
-def decoder_pool(threads: int | None = None) -> ThreadPoolExecutor:
+def decoder_pool(threads: int | None = None) -> WorkerThreads:
     """The threads that decode and letterbox images: ``threads``, or one per core (2 to 8).
 
     OpenCV is set to run each call in its calling thread (process-wide): the pool decodes images in
@@ -296,8 +296,7 @@ def decoder_pool(threads: int | None = None) -> ThreadPoolExecutor:
     import cv2
 
     cv2.setNumThreads(1)
-    return ThreadPoolExecutor(max_workers=threads or max(2, min(8, os.cpu_count() or 2)),
-                              thread_name_prefix="yolo-decode")
+    return WorkerThreads(threads or max(2, min(8, os.cpu_count() or 2)), "yolo-decode")
 
 
 def decode_image(data: bytes, max_pixels: int, where: str = "image") -> np.ndarray:

@@ -193,11 +193,8 @@ class DetectionPipeline:
             if alone is not None:
                 item, item.result = alone
                 return [item]
-        loop = asyncio.get_running_loop()
-        tasks = [
-            loop.run_in_executor(self._pool, self._prepare_one, source, params, f"image {index}")
-            for index, source in enumerate(sources)
-        ]
+        tasks = [self._pool.run(self._prepare_one, source, params, f"image {index}")
+                 for index, source in enumerate(sources)]
         self._preparing += len(tasks)
         try:
             return await settle(tasks)
@@ -217,7 +214,7 @@ class DetectionPipeline:
 
     async def close(self) -> None:
         await self.batcher.close()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.shutdown(cancel_queued=True)
 
     # ----- thread pool side -------------------------------------------------------------------------
     def _prepare_one(self, source: ImageSource, params: DetectParams, where: str) -> PreparedImage:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import re
 import struct
 import zlib
@@ -146,7 +147,7 @@ def parse_v2(request: Any, limits: Limits) -> list[ImageSource]:
     if any(dim < 0 for dim in shape):
         raise RequestError(f"input '{name}': negative dimension in shape {shape}", "shape")
     if datatype == "BYTES":
-        count = int(np.prod(shape, dtype=object)) if shape else 0
+        count = math.prod(shape) if shape else 0  # Python ints: exact, and ~20x cheaper than np.prod
         _check_count(count, limits)
         if tensor._raw_data is not None:  # binary extension / gRPC raw_input_contents
             items = _deserialize_bytes(tensor._raw_data, name, count)

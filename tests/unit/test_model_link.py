@@ -13,6 +13,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from predictor import wire
+from predictor.dataplane import NUDGE
 from predictor.errors import RequestError
 from predictor.frontend import ModelLink
 from predictor.metrics import service_metrics
@@ -79,3 +80,47 @@ async def test_a_request_error_from_the_model_process_stays_a_request_error(link
     with pytest.raises(RequestError, match="cannot decode") as caught:
         await asyncio.wait_for(task, 10)
     assert caught.value.code == "decode"
+
+
+async def test_a_request_whose_images_fail_tells_the_model_process_after_the_count_drops(link):
+    """The model process's batcher waits for the images the front ends count as on their way; when they
+    fail to decode no request follows, so the front end sends NUDGE (after dropping its count) and a batch
+    waiting for them runs at once instead of waiting out its delay. A request that succeeds sends nothing."""
+    front, model, slots = link
+    sent = []
+
+    class Conn:  # the front end's end of the pipe, noting the shared count at each send
+        def send(self, message):
+            sent.append((message, int(slots.preparing[0])))
+
+    front._conn = Conn()
+    with pytest.raises(RequestError):
+        await front.prepare([b"not an image", b"\x89PNG nor this"], DetectParams())
+    assert sent == [(NUDGE, 0)]
+    import cv2
+
+    png = cv2.imencode(".png", np.zeros((20, 30, 3), np.uint8))[1].tobytes()
+    (prepared,) = await front.prepare([png], DetectParams())
+    assert prepared.letterboxed.shape == (SIZE, SIZE, 3) and int(slots.preparing[0]) == 0
+    assert sent == [(NUDGE, 0)]  # only a failure sends
+
+
+async def test_the_model_process_runs_a_waiting_batch_when_a_front_end_nudges():
+    from predictor.batching import DynamicBatcher
+    from predictor.dataplane import _Host
+
+    on_their_way = {"count": 3}
+    batcher = DynamicBatcher(lambda items: [("done", item) for item in items], max_batch_size=8,
+                             max_delay_s=3600, incoming=lambda: on_their_way["count"])
+    host = _Host.__new__(_Host)  # only what _submit reads
+    host.model, host.tasks = SimpleNamespace(pipeline=SimpleNamespace(batcher=batcher)), set()
+    try:
+        waiting = asyncio.ensure_future(batcher.submit(["a"]))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()  # the batch waits for the three on their way
+        on_their_way["count"] = 0  # they failed in a front end
+        host._submit(None, None, NUDGE)
+        assert await asyncio.wait_for(waiting, 10) == [("done", "a")]
+        assert not host.tasks  # no request was made of the nudge
+    finally:
+        await batcher.close()

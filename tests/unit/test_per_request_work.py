@@ -187,7 +187,7 @@ def test_decoder_threads_keep_opencv_in_the_calling_thread(tmp_path):
     def made_with_opencv_threads(make):  # the pool, and OpenCV's thread count after making it
         cv2.setNumThreads(4)
         pool = make()
-        return pool._max_workers, cv2.getNumThreads()
+        return pool.threads, cv2.getNumThreads()
 
     try:
         assert made_with_opencv_threads(lambda: images.decoder_pool(3)) == (3, 1)
