@@ -120,7 +120,7 @@ class ModelLink:
     def _answer(self, key: int, detections: Any, timings: Any, geometries: Any) -> None:
         future, slots = self._waiting.pop(key)  # every key sent is answered once
         assert self._loop is not None
-        self._loop.create_task(self.pool.give(slots))
+        self.pool.give(slots)
         if future.done():
             return
         if isinstance(detections, str):

@@ -28,6 +28,7 @@ import asyncio
 import mmap
 import os
 import tempfile
+from collections import deque
 from typing import Any
 
 import numpy as np
@@ -97,22 +98,47 @@ def _attach(dup: Any, count: int, size: int) -> SlotFile:
 
 
 class SlotPool:
-    """The front end's free list over a :class:`SlotFile` (event-loop side only)."""
+    """The front end's free list over a :class:`SlotFile` (event-loop side only).
+
+    :meth:`take` returns at once when enough slots are free and nobody waits before it; otherwise it
+    waits its turn (first come, first served: a request for many slots is not overtaken forever by small
+    ones). :meth:`give` is a plain call — it hands freed slots to the waiters in order — so an answer
+    frees its slots without a task or a lock.
+    """
 
     def __init__(self, count: int):
         self._free = list(range(count - 1, -1, -1))
-        self._changed = asyncio.Condition()
+        self._waiting: deque[tuple[int, asyncio.Future]] = deque()
         self.count = count
 
     async def take(self, n: int) -> list[int]:
         """``n`` slots at once (waits until that many are free; ``n`` <= the pool's size)."""
         if n > self.count:
             raise ValueError(f"{n} slots asked of a pool of {self.count}")
-        async with self._changed:
-            await self._changed.wait_for(lambda: len(self._free) >= n)
+        if not self._waiting and len(self._free) >= n:
             return [self._free.pop() for _ in range(n)]
+        turn = asyncio.get_running_loop().create_future()
+        self._waiting.append((n, turn))
+        try:
+            return await turn
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():  # given the slots, then cancelled: they go back
+                self.give(turn.result())
+            else:
+                self._serve()  # those behind it may fit now
+            raise
 
-    async def give(self, slots: list[int]) -> None:
-        async with self._changed:
-            self._free.extend(reversed(slots))
-            self._changed.notify_all()
+    def give(self, slots: list[int]) -> None:
+        self._free.extend(reversed(slots))
+        self._serve()
+
+    def _serve(self) -> None:
+        while self._waiting:
+            n, turn = self._waiting[0]
+            if turn.done():  # cancelled while it waited
+                self._waiting.popleft()
+                continue
+            if len(self._free) < n:
+                return
+            self._waiting.popleft()
+            turn.set_result([self._free.pop() for _ in range(n)])
