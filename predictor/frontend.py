@@ -86,20 +86,25 @@ class ModelLink:
         even if this request was cancelled meanwhile)."""
         assert self._loop is not None, "watch_model() first"
         slots = await self.pool.take(len(prepared))
-        entries = []
-        for slot, item in zip(slots, prepared, strict=True):
-            if item.jpeg is not None:  # the encoded bytes, for nvJPEG
-                self.slots.slot(slot).reshape(-1)[:len(item.jpeg)] = np.frombuffer(item.jpeg, np.uint8)
-                entries.append((slot, None, item.params, len(item.jpeg)))
-                item.jpeg = None
-            else:
-                np.copyto(self.slots.slot(slot), item.letterboxed)
-                item.letterboxed = None
-                entries.append((slot, item.geometry, item.params, 0))
         key = self._next_key = self._next_key + 1
-        future = self._loop.create_future()
-        self._waiting[key] = (future, slots)
-        self._conn.send((key, entries))
+        try:
+            entries = []
+            for slot, item in zip(slots, prepared, strict=True):
+                if item.jpeg is not None:  # the encoded bytes, for nvJPEG
+                    self.slots.slot(slot).reshape(-1)[:len(item.jpeg)] = np.frombuffer(item.jpeg, np.uint8)
+                    entries.append((slot, None, item.params, len(item.jpeg)))
+                    item.jpeg = None
+                else:
+                    np.copyto(self.slots.slot(slot), item.letterboxed)
+                    item.letterboxed = None
+                    entries.append((slot, item.geometry, item.params, 0))
+            future = self._loop.create_future()
+            self._waiting[key] = (future, slots)
+            self._conn.send((key, entries))
+        except BaseException:  # nothing reached the model process: no answer will free the slots
+            self._waiting.pop(key, None)
+            self.pool.give(slots)
+            raise
         detections, timings, geometries = await future
         for item, times, geometry in zip(prepared, timings, geometries, strict=True):
             item.timings.update(times)
@@ -119,7 +124,6 @@ class ModelLink:
 
     def _answer(self, key: int, detections: Any, timings: Any, geometries: Any) -> None:
         future, slots = self._waiting.pop(key)  # every key sent is answered once
-        assert self._loop is not None
         self.pool.give(slots)
         if future.done():
             return

@@ -13,8 +13,8 @@ One anonymous memory file per front end (``memfd_create``), mapped by both proce
   in a container by default); their pages count in the pod's memory like any shared memory.
 * The header's first int64 is the number of images the front end is decoding now (written by the front
   end only, read by the model process's batcher: a partial batch waits for them, as in one process).
-* A slot holds one letterboxed image. The front end takes free slots (all of a request's at once, so two
-  requests never wait on each other), writes the pixels, and sends the slot numbers, geometries and
+* A slot holds one letterboxed image. The front end takes free slots (all of a request's at once, so a
+  request never holds some while it waits for more; requests that must wait are served in turn), writes the pixels, and sends the slot numbers, geometries and
   thresholds over its pipe; the model process stacks the slots straight into the network input and sends
   back the detections (small arrays); the front end then frees the slots. Pixels are never pickled.
 
@@ -121,10 +121,11 @@ class SlotPool:
         self._waiting.append((n, turn))
         try:
             return await turn
-        except asyncio.CancelledError:
+        except BaseException:  # cancelled (or the coroutine closed) while it waited
             if turn.done() and not turn.cancelled():  # given the slots, then cancelled: they go back
                 self.give(turn.result())
             else:
+                turn.cancel()
                 self._serve()  # those behind it may fit now
             raise
 

@@ -124,3 +124,21 @@ async def test_the_model_process_runs_a_waiting_batch_when_a_front_end_nudges():
         assert not host.tasks  # no request was made of the nudge
     finally:
         await batcher.close()
+
+
+async def test_slots_come_back_when_the_request_cannot_reach_the_model_process(link):
+    """Slots are freed by the model process's answer; a request whose message never left (a broken pipe)
+    gets no answer, so it gives its slots back itself — else every later request would queue behind it."""
+    front, _, _ = link
+    front.watch_model()
+
+    class BrokenPipe:
+        def send(self, message):
+            raise BrokenPipeError("the model process is gone")
+
+    front._conn = BrokenPipe()
+    pixels = np.zeros((SIZE, SIZE, 3), np.uint8)
+    geometry = letterbox_geometry((SIZE, SIZE), SIZE)
+    with pytest.raises(BrokenPipeError):
+        await front.detect([PreparedImage(params=DetectParams(), letterboxed=pixels, geometry=geometry)])
+    assert len(front.pool._free) == 4 and not front._waiting
