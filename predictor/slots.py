@@ -14,9 +14,10 @@ One anonymous memory file per front end (``memfd_create``), mapped by both proce
 * The header's first int64 is the number of images the front end is decoding now (written by the front
   end only, read by the model process's batcher: a partial batch waits for them, as in one process).
 * A slot holds one letterboxed image. The front end takes free slots (all of a request's at once, so a
-  request never holds some while it waits for more; requests that must wait are served in turn), writes the pixels, and sends the slot numbers, geometries and
-  thresholds over its pipe; the model process stacks the slots straight into the network input and sends
-  back the detections (small arrays); the front end then frees the slots. Pixels are never pickled.
+  request never holds some while it waits for more; requests that must wait are served in turn), writes
+  the pixels, and sends the slot numbers, geometries and thresholds over its pipe; the model process
+  stacks the slots straight into the network input and sends back the detections (small arrays); the
+  front end then frees the slots. Pixels are never pickled.
 
 Free slots are taken last-freed first, so under light load the same few pages stay hot and the file's
 untouched pages never take memory.
